@@ -1,0 +1,142 @@
+"""Bookkeeping of one ``process``/``stream`` call: counts, failures, callbacks, progress.
+
+Errors are per call: each call gets a fresh :class:`Run`, so a failure is never carried
+over into a later call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Generic, List, Optional, TypeVar
+
+from ._progress import Progress
+from .outcome import Outcome, ProcessSummary
+
+X = TypeVar("X")
+R = TypeVar("R")
+
+logger = logging.getLogger("workerkit")
+
+__all__ = ["Run"]
+
+
+class Run(Generic[X, R]):
+    """Counts and callbacks of one call; threads report finished items here."""
+
+    def __init__(
+        self,
+        on_complete: Optional[Callable[[Outcome[X, R]], Any]] = None,
+        on_error: Optional[Callable[[Outcome[X, R]], Any]] = None,
+        progress: Optional[Progress] = None,
+        sink: Optional[Callable[[Outcome[X, R]], Any]] = None,
+    ):
+        self.on_complete = on_complete
+        self.on_error = on_error
+        self.progress = progress
+        self.sink = sink
+        # Successful outcomes are only built when someone will look at them.
+        self.wants_successes = on_complete is not None or sink is not None
+        self.lock = threading.Lock()
+        # Guards against a lost wake-up between "pending > 0" and the caller's wait.
+        self._idle = threading.Condition(self.lock)
+        self._progress_lock = threading.Lock()
+        self.stopping = False
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.pending = 0
+        self.failures: List[Outcome[X, R]] = []
+        self.first_error: Optional[BaseException] = None
+        self.started = time.monotonic()
+
+    def submit(self) -> int:
+        """Count one pulled item as in flight; return its index."""
+        with self.lock:
+            index = self.submitted
+            self.submitted += 1
+            self.pending += 1
+        return index
+
+    def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
+        """Record a finished item."""
+        if self.wants_successes:
+            outcome: Outcome[X, R] = Outcome(index, item, value, None, worker_id, duration)
+            self._call(self.on_complete, outcome)
+            if self.sink is not None:
+                self.sink(outcome)
+        with self.lock:
+            self.completed += 1
+            if self.progress is None:
+                self._release_locked()
+                return
+            done = self.completed + self.failed
+        self._advance(done)
+        self._release_one()
+
+    def failure(
+        self, index: int, item: X, error: BaseException, worker_id: Any, duration: float
+    ) -> None:
+        """Record a failed item; the first failure in time becomes the call's ``__cause__``."""
+        outcome: Outcome[X, R] = Outcome(index, item, None, error, worker_id, duration)
+        with self.lock:
+            self.failed += 1
+            self.failures.append(outcome)
+            if self.first_error is None:
+                self.first_error = error
+            done = self.completed + self.failed
+        self._call(self.on_error, outcome)
+        if self.sink is not None:
+            self.sink(outcome)
+        self._advance(done)
+        self._release_one()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until no item is in flight; return False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self.pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def summary(self) -> ProcessSummary:
+        with self.lock:
+            return ProcessSummary(
+                submitted=self.submitted,
+                completed=self.completed,
+                failed=self.failed,
+                failures=list(self.failures),
+                duration=time.monotonic() - self.started,
+            )
+
+    def close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def _release_one(self) -> None:
+        with self.lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self._idle.notify_all()
+
+    def _advance(self, done: int) -> None:
+        if self.progress is not None:
+            # Progress reporters (tqdm) are not thread-safe: one update at a time.
+            with self._progress_lock:
+                self.progress.update(done)
+
+    @staticmethod
+    def _call(callback: Optional[Callable[[Outcome[X, R]], Any]], outcome: Outcome[X, R]) -> None:
+        if callback is None:
+            return
+        try:
+            callback(outcome)
+        except Exception:
+            logger.exception("workerkit: callback %r raised for item %d", callback, outcome.index)

@@ -1,0 +1,73 @@
+"""A slot: one pool thread and the worker it drives, plus the job handed to it.
+
+Slots are the pool's unit of concurrency. A slot owns at most one worker at a time; the
+worker is created lazily by the slot's own thread (so a slow ``init`` never blocks the
+dispatcher) and replaced in place when it must not be reused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Optional
+
+__all__ = ["Job", "Slot", "IDLE", "BUSY", "RETIRED", "STOP", "rss_bytes"]
+
+IDLE, BUSY, RETIRED = 0, 1, 2
+STOP: Any = object()  # handed to a slot instead of a job: "destroy your worker and exit"
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Job:
+    """One pulled item on its way through a slot."""
+
+    __slots__ = ("index", "item", "run", "settled")
+
+    def __init__(self, index: int, item: Any, run: Any):
+        self.index = index
+        self.item = item
+        self.run = run
+        # Set (under the pool lock) by whoever records the item's outcome first: the slot
+        # thread, the timeout timer, or ``shutdown(wait=False)``. Prevents double counting.
+        self.settled = False
+
+
+class Slot:
+    """A pool thread's state. Fields are guarded by the pool lock unless noted."""
+
+    __slots__ = (
+        "number", "thread", "worker", "worker_id", "execute", "release", "wake", "job",
+        "running", "state", "tasks", "deadline",
+    )
+
+    def __init__(self, number: int):
+        self.number = number
+        self.thread: Optional[threading.Thread] = None
+        self.worker: Any = None
+        self.worker_id: Any = None
+        self.execute: Optional[Callable[[Any], Any]] = None  # bound once per worker
+        self.release: Optional[Callable[[], Any]] = None
+        # A pre-acquired lock used as a one-shot signal: the dispatcher releases it after
+        # putting a job in ``job``; the slot thread acquires it to wait (cheapest wake-up).
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.job: Any = None  # written by the dispatcher before ``wake.release()``
+        self.running: Optional[Job] = None  # the job now executing (for timeouts)
+        self.state = BUSY
+        self.tasks = 0  # items served by the current worker
+        self.deadline: Optional[float] = None
+
+    def assign(self, job: Any) -> None:
+        """Hand a job (or STOP) to the slot's thread and wake it."""
+        self.job = job
+        self.wake.release()
+
+
+def rss_bytes(pid: int) -> Optional[int]:
+    """Resident memory of process ``pid`` in bytes, from /proc (None where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None

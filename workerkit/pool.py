@@ -1,0 +1,746 @@
+"""WorkPool: a thread-driven pool that pulls items from a source and hands them to workers.
+
+Data flow of one ``process`` call::
+
+    caller thread (dispatcher)                    pool threads (one per slot)
+    ==========================                    ===========================
+    source.has_next()
+      -> _acquire_slot()   <---- idle stack <---  slot returns itself after each item
+      -> source.next()
+      -> slot.assign(job) ------- wake ------->   [worker missing? factory() + init()]
+                                                  worker.execute(item)
+                                                  worker.release()
+                                                  recycle? (inactive, max tasks, memory)
+                                                  Run.success / Run.failure
+                                                    -> on_complete / on_error, progress
+    Run.wait()   <------- pending == 0 -------
+
+    timer thread (only with task_timeout): fails an item that overran its deadline with
+    WorkTimeoutError and destroys its worker; the slot's thread is abandoned.
+
+Who does what:
+
+* The dispatcher (the thread that called ``process``; a background thread for ``stream``
+  and ``start``) is the only thread that touches the source, and it pulls an item only once
+  a slot is free, so an endless source never piles up in memory.
+* Each slot thread owns at most one worker. It creates the worker lazily, so a slow
+  ``init`` (a child process starting) never blocks the dispatcher, and replaces it in place
+  when it must not be reused.
+* The pool lock guards the slot table and counters; it is never held while user code
+  (factory, execute, callbacks) or a worker's destroy runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    TypeVar,
+    Union,
+)
+
+from ._progress import ProgressArg, make_progress, source_length
+from ._run import Run
+from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
+from .errors import PoolClosedError, WorkPoolError, WorkTimeoutError
+from .input import InputSource, as_input_source
+from .outcome import Outcome, PoolStats, ProcessSummary
+from .worker import next_worker_id
+
+X = TypeVar("X")
+R = TypeVar("R")
+T = TypeVar("T")
+
+logger = logging.getLogger("workerkit")
+
+__all__ = ["WorkPool"]
+
+Source = Union[InputSource[X], Iterable[X]]
+OutcomeCallback = Callable[[Outcome[X, R]], Any]
+
+_WAIT_SLICE = 0.5  # bounded waits re-check shutdown flags; they never add latency to a wake-up
+_END: Any = object()
+
+
+def default_max_workers() -> int:
+    """The CPUs available to this process (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_positive(name: str, value: Optional[float], *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or None, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} (or None for no limit), got {value!r}")
+
+
+class WorkPool(Generic[X, R]):
+    """A pool of workers made by ``factory()``, fed from input sources.
+
+    Subclass it for a domain pool (pass the factory to ``super().__init__``), or use it
+    directly. Use it as a context manager, or call :meth:`shutdown` when done.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        max_workers: Optional[int] = None,
+        min_workers: int = 1,
+        idle_timeout: Optional[float] = 30.0,
+        max_tasks_per_worker: Optional[int] = None,
+        max_memory_per_worker: Optional[int] = None,
+        task_timeout: Optional[float] = None,
+        name: Optional[str] = None,
+    ):
+        if not callable(factory):
+            raise TypeError(
+                f"WorkPool needs a factory: a callable that returns a new worker, got {factory!r}"
+            )
+        if max_workers is None:
+            max_workers = default_max_workers()
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(
+                f"max_workers must be an int >= 1 (or None for the CPU count), got {max_workers!r}"
+            )
+        if isinstance(min_workers, bool) or not isinstance(min_workers, int) or min_workers < 0:
+            raise ValueError(f"min_workers must be an int >= 0, got {min_workers!r}")
+        if min_workers > max_workers:
+            raise ValueError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
+        _check_positive("idle_timeout", idle_timeout, allow_zero=True)
+        _check_positive("task_timeout", task_timeout)
+        _check_positive("max_tasks_per_worker", max_tasks_per_worker)
+        _check_positive("max_memory_per_worker", max_memory_per_worker)
+        self._factory = factory
+        self._max_workers = max_workers
+        self._min_workers = min_workers
+        self._idle_timeout = idle_timeout
+        self._max_tasks = max_tasks_per_worker
+        self._max_memory = max_memory_per_worker
+        self._task_timeout = task_timeout
+        self.name = name or f"{type(self).__name__}-{id(self):x}"
+
+        self._lock = threading.Lock()
+        # The dispatcher waits here for a slot; signalled when a slot returns or retires.
+        self._slot_freed = threading.Condition(self._lock)
+        # The timeout timer waits here for the next deadline.
+        self._deadline_set = threading.Condition(self._lock)
+        self._dispatchers_waiting = 0
+        self._timer_waiting = False
+        self._idle: List[Slot] = []  # a stack: reuse the warmest worker, let the rest time out
+        self._slots: Set[Slot] = set()
+        self._numbers = itertools.count(1)
+        self._closed = False
+        self._runs: Set[Run[Any, Any]] = set()
+        self._errors: List[Outcome[X, R]] = []
+        self._timer: Optional[threading.Thread] = None
+        self._alive = self._busy = 0
+        self._created = self._destroyed = self._completed = self._failed = 0
+        self._creation_failures = 0  # in a row; reset by a worker created successfully
+        self._last_creation_error: Optional[BaseException] = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    @property
+    def errors(self) -> List[Outcome[X, R]]:
+        """The failed outcomes of the most recent ``process`` call."""
+        return list(self._errors)
+
+    def process(
+        self,
+        source: Source[X],
+        *,
+        on_complete: Optional[OutcomeCallback[X, R]] = None,
+        on_error: Optional[OutcomeCallback[X, R]] = None,
+        raise_on_error: bool = True,
+        progress: ProgressArg = None,
+    ) -> ProcessSummary:
+        """Run every item of ``source`` through the workers; block until all have finished.
+
+        Raises :class:`WorkPoolError` (``.summary``, ``__cause__`` = the first error) when an
+        item failed and ``raise_on_error`` is true; re-raises an error of the source itself
+        after the in-flight items finished.
+        """
+        self._check_open()
+        src = as_input_source(source)
+        for name, cb in (("on_complete", on_complete), ("on_error", on_error)):
+            if cb is not None and not callable(cb):
+                raise TypeError(f"{name} must be a callable taking an Outcome, got {cb!r}")
+        reporter = make_progress(progress, source_length(source), self.name)
+        run: Run[X, R] = Run(on_complete, on_error, reporter)
+        try:
+            self._drive(src, run)
+        finally:
+            run.close_progress()
+        summary = run.summary()
+        if summary.failed and raise_on_error:
+            first = run.first_error
+            raise WorkPoolError(
+                f"{summary.failed} of {summary.submitted} items failed; first error: "
+                f"{type(first).__name__}: {first} (see .summary.failures, or pass "
+                "raise_on_error=False to get the summary back instead)",
+                summary,
+            ) from first
+        return summary
+
+    def stream(self, source: Source[X], *, ordered: bool = False) -> Iterator[Outcome[X, R]]:
+        """Yield each item's :class:`Outcome` as it finishes (in input order with ``ordered``).
+
+        Failed items are yielded as failed outcomes. Leaving the loop early stops pulling
+        and waits for the items in flight.
+        """
+        self._check_open()
+        src = as_input_source(source)
+        return self._stream(src, ordered)
+
+    def start(self, source: Source[X], **process_kwargs: Any) -> Future[ProcessSummary]:
+        """Run :meth:`process` on a background thread; the future holds its summary."""
+        self._check_open()
+        src = as_input_source(source)
+        future: Future[ProcessSummary] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self.process(src, **process_kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name=f"workerkit-process-{self.name}", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop pulling, let in-flight items finish (when ``wait``), destroy every worker.
+
+        Items not yet pulled stay in their source. With ``wait=False`` the items in flight
+        fail with :class:`PoolClosedError` and their workers are destroyed at once.
+        Idempotent.
+        """
+        with self._lock:
+            self._closed = True
+            for run in self._runs:
+                run.stopping = True
+            idle, self._idle = self._idle, []
+            for slot in idle:
+                slot.state = RETIRED
+                self._slots.discard(slot)
+            busy = [s for s in self._slots if s.state == BUSY]
+            threads = [s.thread for s in idle + busy if s.thread is not None]
+            self._slot_freed.notify_all()
+            self._deadline_set.notify_all()
+        for slot in idle:
+            slot.assign(STOP)
+        if not wait:
+            for slot in busy:
+                self._abandon(slot, PoolClosedError(
+                    "the pool was shut down with wait=False while this item was running"))
+        timer = self._timer
+        if timer is not None:
+            threads.append(timer)
+        if wait:
+            me = threading.current_thread()
+            for thread in threads:
+                if thread is not me:
+                    thread.join()
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the pool's workers and item counts."""
+        with self._lock:
+            idle = sum(1 for s in self._idle if s.worker is not None)
+            return PoolStats(
+                alive=self._alive, busy=self._busy, idle=idle, created=self._created,
+                destroyed=self._destroyed, completed=self._completed, failed=self._failed,
+            )
+
+    @classmethod
+    def map(
+        cls,
+        fn: Callable[[Any], T],
+        iterable: Iterable[Any],
+        *,
+        max_workers: Optional[int] = None,
+        ordered: bool = True,
+        start_method: Optional[str] = None,
+        **pool_kwargs: Any,
+    ) -> Iterator[T]:
+        """Run a picklable ``fn`` on each item in child processes; yield the results.
+
+        Raises the first error (a :class:`RemoteError` for an exception in the child).
+        """
+        from .util import check_function_target, function_worker
+
+        check_function_target(fn, start_method)
+        pool: WorkPool[Any, T] = WorkPool(
+            lambda: function_worker(fn, start_method=start_method),
+            max_workers=max_workers, **pool_kwargs,
+        )
+        return _map_results(pool, pool.stream(iterable, ordered=ordered))
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.name!r} {state} alive={s.alive} busy={s.busy}>"
+
+    # ------------------------------------------------------------------ dispatching
+
+    def _stream(self, src: InputSource[X], ordered: bool) -> Iterator[Outcome[X, R]]:
+        """Dispatch on a background thread; hand outcomes to the consuming thread."""
+        outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Credits bound how far the dispatcher runs ahead of the consumer, so a slow
+        # consumer (or one slow item under ``ordered``) never piles outcomes up in memory.
+        credits = threading.Semaphore(max(16, 4 * self._max_workers))
+        run: Run[X, R] = Run(sink=outcomes.put)
+        raised: List[BaseException] = []
+
+        def dispatch() -> None:
+            try:
+                self._drive(src, run, credits)
+            except BaseException as exc:
+                raised.append(exc)
+            finally:
+                outcomes.put(_END)
+
+        thread = threading.Thread(target=dispatch, name=f"workerkit-dispatch-{self.name}", daemon=True)
+        thread.start()
+        try:
+            yield from (_in_order if ordered else _as_finished)(outcomes, credits)
+            if raised:
+                raise raised[0]
+        finally:
+            run.stopping = True
+            credits.release()  # wakes a dispatcher waiting for a credit, so it sees stopping
+            thread.join()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosedError(f"pool {self.name!r} is shut down; create a new pool")
+
+    def _drive(
+        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore] = None
+    ) -> None:
+        """Dispatch every item of ``src``, then wait for those in flight (the caller's thread)."""
+        with self._lock:
+            self._runs.add(run)
+        try:
+            self._dispatch(src, run, credits)
+        except KeyboardInterrupt:
+            run.stopping = True
+            self._destroy_all_workers()
+            raise
+        except BaseException:
+            run.stopping = True
+            run.wait()  # a source error surfaces after the in-flight items finished
+            raise
+        finally:
+            with self._lock:
+                self._runs.discard(run)
+            self._errors = list(run.failures)
+        run.wait()
+        self._errors = list(run.failures)
+
+    def _dispatch(self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore]) -> None:
+        """Pull items one by one: ``has_next()``, then a free slot, then ``next()``."""
+        has_next, pull = src.has_next, src.next
+        while not run.stopping:
+            if credits is not None:
+                while not credits.acquire(timeout=_WAIT_SLICE):
+                    if run.stopping or self._closed:
+                        return
+                if run.stopping:
+                    return
+            if not has_next():
+                return
+            slot = self._acquire_slot(run)
+            if slot is None:
+                return
+            try:
+                item = pull()
+            except BaseException as exc:
+                self._return_unused(slot)
+                if isinstance(exc, StopIteration):
+                    return
+                raise
+            slot.assign(Job(run.submit(), item, run))
+
+    def _acquire_slot(self, run: Run[X, R]) -> Optional[Slot]:
+        """A free slot (idle, or new while below ``max_workers``); None once stopping."""
+        with self._lock:
+            while True:
+                if run.stopping or self._closed:
+                    return None
+                self._check_breaker(run)
+                if self._idle:
+                    slot = self._idle.pop()
+                    slot.state = BUSY
+                    self._busy += 1
+                    return slot
+                if len(self._slots) < self._max_workers:
+                    slot = self._new_slot_locked()
+                    break
+                self._dispatchers_waiting += 1
+                self._slot_freed.wait(_WAIT_SLICE)
+                self._dispatchers_waiting -= 1
+        thread = threading.Thread(
+            target=self._slot_main, args=(slot,), name=f"workerkit-worker-{slot.number}", daemon=True
+        )
+        slot.thread = thread
+        thread.start()
+        return slot
+
+    def _new_slot_locked(self) -> Slot:
+        slot = Slot(next(self._numbers))
+        self._slots.add(slot)
+        self._busy += 1
+        return slot
+
+    def _check_breaker(self, run: Run[X, R]) -> None:
+        """Stop a call whose workers cannot be created, instead of failing item after item."""
+        if self._creation_failures >= self._max_workers + 2 and self._alive == 0:
+            run.stopping = True
+            error = self._last_creation_error
+            raise WorkPoolError(
+                f"pool {self.name!r} stopped pulling items: {self._creation_failures} workers in a "
+                f"row failed to start ({type(error).__name__}: {error}); fix the factory or the "
+                "worker's init, then call process again",
+                run.summary(),
+            ) from error
+
+    def _return_unused(self, slot: Slot) -> None:
+        """Put back a slot the dispatcher took but could not use."""
+        with self._lock:
+            self._busy -= 1
+            if self._closed:
+                slot.state = RETIRED
+                self._slots.discard(slot)
+            else:
+                slot.state = IDLE
+                self._idle.append(slot)
+                self._slot_freed.notify()
+        if slot.state == RETIRED:
+            slot.assign(STOP)
+
+    # ------------------------------------------------------------------ slot threads
+
+    def _slot_main(self, slot: Slot) -> None:
+        """Body of a pool thread: run jobs until stopped, retired or abandoned."""
+        try:
+            while True:
+                job = self._next_job(slot)
+                if job is None or not self._run_job(slot, job):
+                    return
+        finally:
+            self._discard_worker(slot)
+
+    def _next_job(self, slot: Slot) -> Optional[Job]:
+        """Wait for the dispatcher's next job; retire the slot after ``idle_timeout``."""
+        timeout = -1.0 if self._idle_timeout is None else self._idle_timeout
+        while True:
+            if slot.wake.acquire(timeout=timeout):
+                job, slot.job = slot.job, None
+                return None if job is STOP else job
+            with self._lock:
+                if slot.state != IDLE:
+                    timeout = -1.0  # the dispatcher just took this slot: the job is on its way
+                    continue
+                if slot.worker is not None and self._alive <= self._min_workers:
+                    continue  # keep min_workers warm: no churn
+                slot.state = RETIRED
+                self._idle.remove(slot)
+                self._slots.discard(slot)
+                self._slot_freed.notify()
+            return None
+
+    def _run_job(self, slot: Slot, job: Job) -> bool:
+        """Execute one job in ``slot``; return False when the slot's thread must exit."""
+        run: Run[X, R] = job.run
+        if not self._ensure_worker(slot, job):
+            return self._finish(slot, job, None, None, 0.0, created=False)
+        execute = slot.execute
+        assert execute is not None
+        if self._task_timeout is not None:
+            self._set_deadline(slot, job)
+        started = time.perf_counter()
+        try:
+            value = execute(job.item)
+            error: Optional[BaseException] = None
+        except Exception as exc:
+            value, error = None, exc
+        duration = time.perf_counter() - started
+        del run
+        return self._finish(slot, job, value, error, duration, created=True)
+
+    def _finish(
+        self, slot: Slot, job: Job, value: Any, error: Optional[BaseException],
+        duration: float, *, created: bool,
+    ) -> bool:
+        """Release or recycle the worker, return the slot, then record the outcome."""
+        worker_id = slot.worker_id
+        if created:
+            if slot.release is not None:
+                self._release(slot)
+            slot.tasks += 1
+            if self._must_recycle(slot):
+                self._discard_worker(slot)
+        with self._lock:
+            if job.settled:  # the timer or shutdown(wait=False) already failed this item
+                return False
+            job.settled = True
+            slot.deadline = None
+            slot.running = None
+            self._busy -= 1
+            if error is None and created:
+                self._completed += 1
+            else:
+                self._failed += 1
+            keep = not self._closed
+            if keep:
+                slot.state = IDLE
+                self._idle.append(slot)
+                if self._dispatchers_waiting:
+                    self._slot_freed.notify()
+            else:
+                slot.state = RETIRED
+                self._slots.discard(slot)
+        run = job.run
+        if error is None and created:
+            run.success(job.index, job.item, value, worker_id, duration)
+        else:
+            cause = error or self._last_creation_error or RuntimeError("worker creation failed")
+            run.failure(job.index, job.item, cause, worker_id, duration)
+        return keep
+
+    def _ensure_worker(self, slot: Slot, job: Job) -> bool:
+        """Give the slot a usable worker; on a creation failure, note it on the job."""
+        if slot.worker is not None and not getattr(slot.worker, "active", True):
+            self._discard_worker(slot)  # died while idle: replace it; no item fails for it
+        if slot.worker is not None:
+            return True
+        try:
+            self._create_worker(slot)
+        except Exception as exc:
+            with self._lock:
+                self._creation_failures += 1
+                self._last_creation_error = exc
+            slot.worker_id = None
+            return False
+        return True
+
+    def _create_worker(self, slot: Slot) -> None:
+        """Call the factory and the worker's ``init``; install the worker in the slot."""
+        worker = self._factory()
+        execute = getattr(worker, "execute", None)
+        if not callable(execute):
+            raise TypeError(
+                f"the pool's factory returned {worker!r}, which has no execute(item) method; "
+                "return a Worker (or any object with execute)"
+            )
+        with self._lock:
+            self._created += 1
+        init = getattr(worker, "init", None)
+        if init is not None:
+            try:
+                init()
+            except BaseException:
+                self._destroy_worker(worker)
+                raise
+        worker_id = getattr(worker, "id", None)
+        release = getattr(worker, "release", None)
+        with self._lock:
+            slot.worker = worker
+            slot.worker_id = next_worker_id() if worker_id is None else worker_id
+            slot.execute = execute
+            slot.release = release if callable(release) else None
+            slot.tasks = 0
+            self._alive += 1
+            self._creation_failures = 0
+
+    def _release(self, slot: Slot) -> None:
+        release = slot.release
+        assert release is not None
+        try:
+            release()
+        except Exception:
+            logger.exception("workerkit: release() of worker %r raised; destroying it", slot.worker_id)
+            self._discard_worker(slot)
+
+    def _must_recycle(self, slot: Slot) -> bool:
+        worker = slot.worker
+        if worker is None:
+            return False
+        if not getattr(worker, "active", True):
+            return True
+        if self._max_tasks is not None and slot.tasks >= self._max_tasks:
+            return True
+        if self._max_memory is not None:
+            pid = getattr(worker, "pid", None)
+            rss = rss_bytes(pid) if isinstance(pid, int) else None
+            if rss is not None and rss > self._max_memory:
+                logger.info("workerkit: worker %r uses %d bytes of memory, over "
+                            "max_memory_per_worker; recycling it", slot.worker_id, rss)
+                return True
+        return False
+
+    # ------------------------------------------------------------------ destroying workers
+
+    def _take_worker(self, slot: Slot) -> Any:
+        """Detach the slot's worker; only one caller ever gets it, so destroy runs once."""
+        with self._lock:
+            worker, slot.worker = slot.worker, None
+            slot.execute = slot.release = None
+            if worker is not None:
+                self._alive -= 1
+        return worker
+
+    def _discard_worker(self, slot: Slot) -> None:
+        worker = self._take_worker(slot)
+        if worker is not None:
+            self._destroy_worker(worker)
+
+    def _destroy_worker(self, worker: Any) -> None:
+        destroy = getattr(worker, "destroy", None)
+        try:
+            if destroy is not None:
+                destroy()
+        except Exception:
+            logger.exception("workerkit: destroy() of worker %r raised", getattr(worker, "id", worker))
+        finally:
+            with self._lock:
+                self._destroyed += 1
+
+    def _destroy_all_workers(self) -> None:
+        """Destroy every worker at once (Ctrl-C): children end, their items fail."""
+        with self._lock:
+            slots = list(self._slots)
+        workers = [w for w in (self._take_worker(s) for s in slots) if w is not None]
+        threads = [
+            threading.Thread(target=self._destroy_worker, args=(w,), name="workerkit-destroy", daemon=True)
+            for w in workers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _abandon(self, slot: Slot, error: BaseException) -> None:
+        """Fail the slot's running item with ``error`` and destroy its worker; the slot's
+        thread (stuck in execute) exits on its own when execute returns."""
+        with self._lock:
+            job = slot.running
+            if job is None or job.settled:
+                return
+            job.settled = True
+            slot.deadline = None
+            self._busy -= 1
+            self._failed += 1
+            slot.state = RETIRED
+            self._slots.discard(slot)
+            self._slot_freed.notify()
+            worker_id = slot.worker_id
+        worker = self._take_worker(slot)
+        if worker is not None:
+            threading.Thread(
+                target=self._destroy_worker, args=(worker,), name="workerkit-destroy", daemon=True
+            ).start()
+        job.run.failure(job.index, job.item, error, worker_id, float(self._task_timeout or 0.0))
+
+    # ------------------------------------------------------------------ task timeouts
+
+    def _set_deadline(self, slot: Slot, job: Job) -> None:
+        assert self._task_timeout is not None
+        with self._lock:
+            slot.running = job
+            slot.deadline = time.monotonic() + self._task_timeout
+            if self._timer is None:
+                self._timer = threading.Thread(target=self._timer_main, name="workerkit-timeout", daemon=True)
+                self._timer.start()
+            elif self._timer_waiting:
+                self._deadline_set.notify()
+
+    def _timer_main(self) -> None:
+        """Fail items that overran ``task_timeout`` and destroy their workers."""
+        while True:
+            with self._lock:
+                if self._closed and not any(s.deadline for s in self._slots):
+                    return
+                now = time.monotonic()
+                expired = [s for s in self._slots if s.deadline is not None and s.deadline <= now]
+                if not expired:
+                    pending = [s.deadline for s in self._slots if s.deadline is not None]
+                    self._timer_waiting = True
+                    self._deadline_set.wait(min(pending) - now if pending else _WAIT_SLICE)
+                    self._timer_waiting = False
+                    continue
+            for slot in expired:
+                self._abandon(slot, WorkTimeoutError(
+                    f"item ran longer than task_timeout={self._task_timeout}s; its worker was "
+                    "destroyed and replaced (raise task_timeout if the work is legitimately slow)"))
+
+
+def _as_finished(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
+    """Yield outcomes in the order they finish."""
+    while True:
+        outcome = outcomes.get()
+        if outcome is _END:
+            return
+        credits.release()
+        yield outcome
+
+
+def _in_order(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
+    """Yield outcomes in input order, holding back those that finished early."""
+    early: Dict[int, Any] = {}
+    wanted = 0
+    while True:
+        outcome = outcomes.get()
+        if outcome is _END:
+            break
+        early[outcome.index] = outcome
+        while wanted in early:
+            ready = early.pop(wanted)
+            wanted += 1
+            credits.release()
+            yield ready
+    for index in sorted(early):  # only when the dispatch stopped early
+        yield early[index]
+
+
+def _map_results(pool: WorkPool[Any, T], outcomes: Iterator[Outcome[Any, T]]) -> Iterator[T]:
+    """Yield each outcome's value; raise the first error; always shut the pool down."""
+    try:
+        for outcome in outcomes:
+            yield outcome.result()
+    finally:
+        outcomes.close()  # type: ignore[attr-defined]
+        pool.shutdown()
+
