@@ -483,9 +483,9 @@ class WorkPool(Generic[X, R]):
 
     def _run_job(self, slot: Slot, job: Job) -> bool:
         """Execute one job in ``slot``; return False when the slot's thread must exit."""
-        run: Run[X, R] = job.run
-        if not self._ensure_worker(slot, job):
-            return self._finish(slot, job, None, None, 0.0, created=False)
+        failed_start = self._ensure_worker(slot)
+        if failed_start is not None:  # the item that waited for the worker fails with its error
+            return self._finish(slot, job, None, failed_start, 0.0, created=False)
         execute = slot.execute
         assert execute is not None
         if self._task_timeout is not None:
@@ -497,7 +497,6 @@ class WorkPool(Generic[X, R]):
         except Exception as exc:
             value, error = None, exc
         duration = time.perf_counter() - started
-        del run
         return self._finish(slot, job, value, error, duration, created=True)
 
     def _finish(
@@ -536,16 +535,16 @@ class WorkPool(Generic[X, R]):
         if error is None and created:
             run.success(job.index, job.item, value, worker_id, duration)
         else:
-            cause = error or self._last_creation_error or RuntimeError("worker creation failed")
-            run.failure(job.index, job.item, cause, worker_id, duration)
+            assert error is not None
+            run.failure(job.index, job.item, error, worker_id, duration)
         return keep
 
-    def _ensure_worker(self, slot: Slot, job: Job) -> bool:
-        """Give the slot a usable worker; on a creation failure, note it on the job."""
+    def _ensure_worker(self, slot: Slot) -> Optional[BaseException]:
+        """Give the slot a usable worker; return the error when one cannot be made."""
         if slot.worker is not None and not getattr(slot.worker, "active", True):
             self._discard_worker(slot)  # died while idle: replace it; no item fails for it
         if slot.worker is not None:
-            return True
+            return None
         try:
             self._create_worker(slot)
         except Exception as exc:
@@ -553,8 +552,8 @@ class WorkPool(Generic[X, R]):
                 self._creation_failures += 1
                 self._last_creation_error = exc
             slot.worker_id = None
-            return False
-        return True
+            return exc
+        return None
 
     def _create_worker(self, slot: Slot) -> None:
         """Call the factory and the worker's ``init``; install the worker in the slot."""

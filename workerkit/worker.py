@@ -46,9 +46,9 @@ class Worker(Generic[X, R]):
     def init(self) -> None:
         """Called once, right after the factory created the worker."""
 
-    def execute(self, item: X) -> R:  # type: ignore[misc]
-        """Process one item and return its result."""
-        raise NotImplementedError(f"{type(self).__name__} must implement execute(item)")
+    def execute(self, item: X) -> R:
+        """Process one item and return its result. Subclasses override this."""
+        raise TypeError(f"{type(self).__name__} must override execute(item) to process items")
 
     def release(self) -> None:
         """Called after each execute, before the worker is reused."""
