@@ -43,20 +43,20 @@ class Run(Generic[X, R]):
         self._idle = threading.Condition(self.lock)
         self._progress_lock = threading.Lock()
         self.stopping = False
+        # The dispatcher's wake-up signal while it waits for a free slot (pre-acquired).
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
         self.submitted = 0
         self.completed = 0
         self.failed = 0
-        self.pending = 0
         self.failures: List[Outcome[X, R]] = []
         self.first_error: Optional[BaseException] = None
         self.started = time.monotonic()
 
     def submit(self) -> int:
-        """Count one pulled item as in flight; return its index."""
-        with self.lock:
-            index = self.submitted
-            self.submitted += 1
-            self.pending += 1
+        """Count one pulled item as in flight; return its index. Dispatcher thread only."""
+        index = self.submitted
+        self.submitted = index + 1  # only the dispatcher writes this: no lock needed
         return index
 
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
@@ -66,14 +66,13 @@ class Run(Generic[X, R]):
             self._call(self.on_complete, outcome)
             if self.sink is not None:
                 self.sink(outcome)
+        if self.progress is not None:
+            with self.lock:
+                done = self.completed + self.failed + 1
+            self._advance(done)
         with self.lock:
             self.completed += 1
-            if self.progress is None:
-                self._release_locked()
-                return
-            done = self.completed + self.failed
-        self._advance(done)
-        self._release_one()
+            self._notify_if_idle()
 
     def failure(
         self, index: int, item: X, error: BaseException, worker_id: Any, duration: float
@@ -81,19 +80,28 @@ class Run(Generic[X, R]):
         """Record a failed item; the first failure in time becomes the call's ``__cause__``."""
         outcome: Outcome[X, R] = Outcome(index, item, None, error, worker_id, duration)
         with self.lock:
-            self.failed += 1
             self.failures.append(outcome)
             if self.first_error is None:
                 self.first_error = error
-            done = self.completed + self.failed
+            done = self.completed + len(self.failures)
         self._call(self.on_error, outcome)
         if self.sink is not None:
             self.sink(outcome)
         self._advance(done)
-        self._release_one()
+        with self.lock:
+            self.failed += 1
+            self._notify_if_idle()
+
+    @property
+    def pending(self) -> int:
+        """Items pulled and not finished yet."""
+        return self.submitted - self.completed - self.failed
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until no item is in flight; return False on timeout."""
+        """Block until no item is in flight; return False on timeout.
+
+        Called by the dispatcher after it stopped pulling, so ``submitted`` no longer moves.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
             while self.pending:
@@ -117,13 +125,9 @@ class Run(Generic[X, R]):
         if self.progress is not None:
             self.progress.close()
 
-    def _release_one(self) -> None:
-        with self.lock:
-            self._release_locked()
-
-    def _release_locked(self) -> None:
-        self.pending -= 1
-        if not self.pending:
+    def _notify_if_idle(self) -> None:
+        """Wake the waiting dispatcher once the last item finished. Call with the lock held."""
+        if self.completed + self.failed >= self.submitted:
             self._idle.notify_all()
 
     def _advance(self, done: int) -> None:

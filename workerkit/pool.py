@@ -141,11 +141,11 @@ class WorkPool(Generic[X, R]):
         self.name = name or f"{type(self).__name__}-{id(self):x}"
 
         self._lock = threading.Lock()
-        # The dispatcher waits here for a slot; signalled when a slot returns or retires.
-        self._slot_freed = threading.Condition(self._lock)
+        # Dispatchers waiting for a free slot, each on its own pre-acquired lock (a cheaper
+        # wake-up than a Condition, which allocates a lock per wait).
+        self._waiters: List[threading.Lock] = []
         # The timeout timer waits here for the next deadline.
         self._deadline_set = threading.Condition(self._lock)
-        self._dispatchers_waiting = 0
         self._timer_waiting = False
         self._idle: List[Slot] = []  # a stack: reuse the warmest worker, let the rest time out
         self._slots: Set[Slot] = set()
@@ -251,7 +251,7 @@ class WorkPool(Generic[X, R]):
                 self._slots.discard(slot)
             busy = [s for s in self._slots if s.state == BUSY]
             threads = [s.thread for s in idle + busy if s.thread is not None]
-            self._slot_freed.notify_all()
+            self._wake_dispatchers_locked(everyone=True)
             self._deadline_set.notify_all()
         for slot in idle:
             slot.assign(STOP)
@@ -395,7 +395,9 @@ class WorkPool(Generic[X, R]):
 
     def _acquire_slot(self, run: Run[X, R]) -> Optional[Slot]:
         """A free slot (idle, or new while below ``max_workers``); None once stopping."""
-        with self._lock:
+        wakeup = run.wakeup
+        self._lock.acquire()
+        try:
             while True:
                 if run.stopping or self._closed:
                     return None
@@ -408,15 +410,30 @@ class WorkPool(Generic[X, R]):
                 if len(self._slots) < self._max_workers:
                     slot = self._new_slot_locked()
                     break
-                self._dispatchers_waiting += 1
-                self._slot_freed.wait(_WAIT_SLICE)
-                self._dispatchers_waiting -= 1
+                self._waiters.append(wakeup)
+                self._lock.release()
+                # Bounded, so a stop request is seen even if no slot ever comes back.
+                woken = wakeup.acquire(timeout=_WAIT_SLICE)
+                self._lock.acquire()
+                if wakeup in self._waiters:
+                    self._waiters.remove(wakeup)  # timed out: nobody signalled us
+                elif not woken:
+                    wakeup.acquire()  # signalled just as we timed out: consume it
+        finally:
+            self._lock.release()
         thread = threading.Thread(
             target=self._slot_main, args=(slot,), name=f"workerkit-worker-{slot.number}", daemon=True
         )
         slot.thread = thread
         thread.start()
         return slot
+
+    def _wake_dispatchers_locked(self, everyone: bool = False) -> None:
+        """Wake one waiting dispatcher (all of them on shutdown). Call with the lock held."""
+        while self._waiters:
+            self._waiters.pop(0).release()
+            if not everyone:
+                return
 
     def _new_slot_locked(self) -> Slot:
         slot = Slot(next(self._numbers))
@@ -446,7 +463,7 @@ class WorkPool(Generic[X, R]):
             else:
                 slot.state = IDLE
                 self._idle.append(slot)
-                self._slot_freed.notify()
+                self._wake_dispatchers_locked()
         if slot.state == RETIRED:
             slot.assign(STOP)
 
@@ -478,7 +495,7 @@ class WorkPool(Generic[X, R]):
                 slot.state = RETIRED
                 self._idle.remove(slot)
                 self._slots.discard(slot)
-                self._slot_freed.notify()
+                self._wake_dispatchers_locked()
             return None
 
     def _run_job(self, slot: Slot, job: Job) -> bool:
@@ -526,8 +543,8 @@ class WorkPool(Generic[X, R]):
             if keep:
                 slot.state = IDLE
                 self._idle.append(slot)
-                if self._dispatchers_waiting:
-                    self._slot_freed.notify()
+                if self._waiters:
+                    self._waiters.pop(0).release()
             else:
                 slot.state = RETIRED
                 self._slots.discard(slot)
@@ -664,7 +681,7 @@ class WorkPool(Generic[X, R]):
             self._failed += 1
             slot.state = RETIRED
             self._slots.discard(slot)
-            self._slot_freed.notify()
+            self._wake_dispatchers_locked()
             worker_id = slot.worker_id
         worker = self._take_worker(slot)
         if worker is not None:
