@@ -1,0 +1,282 @@
+"""The per-connection core shared by every channel view of one pipe.
+
+One :class:`Endpoint` owns: the :class:`~multiprocessing.connection.Connection`, the send
+lock, the reader thread, the listener registry, and the closed state (flag, Event and
+reason). Channel objects (``ParentCommChannel``, ``ChildCommChannel``) are thin views on
+an endpoint that only remember which registrations they made.
+
+Closing rules (see also the header of :mod:`workerkit.comm.channel`):
+
+* The connection is a socketpair end. ``close()`` first ``shutdown()``s the socket, which
+  wakes our reader (EOF), any sender blocked on a full buffer (EPIPE) and the peer (EOF).
+* Only the reader thread closes the ``Connection`` once it has started, because it may be
+  blocked in ``recv`` on that very fd: closing it under the reader's feet would let the fd
+  number be reused and the reader read someone else's file. Without a reader, ``close()``
+  closes it. Either way the close happens under the send lock and the fd lock.
+* Closing fails every pending ``listen_once`` future with ``ChannelClosedError`` and then
+  sets the closed Event; after that nothing can be registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import Future, InvalidStateError
+from multiprocessing.connection import Connection
+from typing import Callable, Iterable, Optional
+
+from ..errors import ChannelClosedError
+from ._framing import (
+    CommEvent,
+    MalformedFrameError,
+    MessageDecodeError,
+    decode_body,
+    split_frame,
+)
+from ._listeners import EVERY, FUTURE, ListenerRegistry, Registration
+
+__all__ = ["Endpoint", "ExitcodeHook"]
+
+logger = logging.getLogger("workerkit")
+
+ExitcodeHook = Callable[[float], Optional[int]]
+"""Waits up to the given seconds for the peer process to end; returns its exit code."""
+
+# How long the reader waits, after EOF, for the peer's exit code (so errors can carry it).
+_EXIT_CODE_WAIT = 1.0
+
+
+class Endpoint:
+    """One end of a channel: connection, send lock, reader thread, registry, closed state."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        peer_pid: int,
+        peer_name: str,
+        exitcode_hook: Optional[ExitcodeHook] = None,
+    ) -> None:
+        self._conn = conn
+        self.peer_pid = peer_pid
+        self._peer_name = peer_name
+        self._exitcode_hook = exitcode_hook
+        self._owner_pid = os.getpid()
+        self.registry = ListenerRegistry()
+        # One frame at a time on the wire: interleaved writes from two threads would corrupt it.
+        self._send_lock = threading.Lock()
+        # shutdown() vs close(): never shut down an fd number that was closed and reused.
+        self._fd_lock = threading.Lock()
+        # Closed flag vs reader start: decides atomically who closes the connection.
+        self._state_lock = threading.Lock()
+        self._reader: Optional[threading.Thread] = None
+        self._is_closed = False
+        self._closed_event = threading.Event()
+        self._close_message = "channel is closed"
+        self._close_exitcode: Optional[int] = None
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._is_closed
+
+    def closed_error(self) -> ChannelClosedError:
+        """A fresh error describing why the channel closed (fresh: tracebacks are per raise)."""
+        return ChannelClosedError(self._close_message, self._close_exitcode)
+
+    def has_listeners(self) -> bool:
+        return len(self.registry) > 0
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        if not self._closed_event.is_set():
+            self.ensure_reader()  # without a reader nobody would notice the peer's EOF
+        return self._closed_event.wait(timeout)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write one frame; ``ChannelClosedError`` if closed or the peer is gone."""
+        if self._is_closed:
+            raise self.closed_error()
+        try:
+            with self._send_lock:
+                self._conn.send_bytes(frame)
+        except (OSError, EOFError) as exc:  # BrokenPipe, ConnectionReset, "handle is closed"
+            self.peer_lost()
+            raise self.closed_error() from exc
+
+    # -- listening ---------------------------------------------------------------------
+
+    def register(self, reg: Registration) -> bool:
+        """Add ``reg`` and make sure the reader runs; ``False`` if the channel is closed."""
+        if not self.registry.add(reg):
+            return False
+        self.ensure_reader()
+        return True
+
+    def ensure_reader(self) -> None:
+        """Start the reader thread (once). Until then, incoming messages wait in the pipe."""
+        if self._reader is not None:
+            return
+        with self._state_lock:
+            if self._is_closed or self._reader is not None:
+                return
+            self._reader = threading.Thread(
+                target=self._reader_main, name=f"workerkit-reader-{self.peer_pid}", daemon=True
+            )
+            self._reader.start()
+
+    def _reader_main(self) -> None:
+        try:
+            while self._read_one():
+                pass
+        except BaseException:  # a bug, or SystemExit in a handler: still close, below
+            logger.exception("workerkit reader for process %s stopped on an error", self.peer_pid)
+        finally:
+            if not self._is_closed:
+                self.peer_lost()
+            self._close_conn()
+
+    def _read_one(self) -> bool:
+        """Read and dispatch one message; ``False`` at EOF or once the channel is closed."""
+        try:
+            frame = self._conn.recv_bytes()
+        except (EOFError, OSError):
+            return False
+        if self._is_closed:  # closed while we read: deliver nothing more
+            return False
+        self._handle_frame(frame)
+        return True
+
+    def _handle_frame(self, frame: bytes) -> None:
+        try:
+            event_type, body = split_frame(frame)
+        except MalformedFrameError as exc:
+            logger.warning("dropped a malformed message from process %s: %s", self.peer_pid, exc)
+            return
+        targets = self.registry.targets(event_type)
+        if not targets:  # an empty tuple: nobody listens, so do not even unpickle it
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("no listener for %r message from process %s", event_type, self.peer_pid)
+            return
+        try:
+            event = decode_body(event_type, body)
+        except MessageDecodeError as err:
+            logger.error("%s (from process %s)", err, self.peer_pid, exc_info=err)
+            self._fail_futures(event_type, err)
+            return
+        self._dispatch(event, targets)
+
+    def _dispatch(self, event: CommEvent, targets: Iterable[Registration]) -> None:
+        for reg in targets:
+            if not reg.live:  # removed by an earlier listener of this same event
+                continue
+            if reg.kind == EVERY:
+                self._call_listener(reg, event)
+            elif self.registry.discard(reg):  # claim: fires at most once
+                if reg.kind == FUTURE:
+                    _resolve(reg.future, event)
+                else:
+                    self._call_once(reg, event)
+
+    def _call_listener(self, reg: Registration, event: CommEvent) -> None:
+        assert reg.callback is not None
+        try:
+            reg.callback(event, reg.remove)
+        except Exception:
+            logger.exception(
+                "listener %r raised on a %r message; it was removed", reg.callback, event["type"]
+            )
+            self.registry.discard(reg)
+
+    def _call_once(self, reg: Registration, event: CommEvent) -> None:
+        assert reg.callback is not None
+        try:
+            reg.callback(event)
+        except Exception:
+            logger.exception("listen_once callback %r raised on a %r message", reg.callback, event["type"])
+
+    def _fail_futures(self, event_type: str, err: BaseException) -> None:
+        for reg in self.registry.futures_of(event_type):
+            if self.registry.discard(reg):
+                _fail(reg.future, err)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def peer_lost(self) -> None:
+        """The peer closed its end or died: close, with its exit code when we can learn it."""
+        if self._is_closed:
+            return
+        exitcode = self._exitcode_hook(_EXIT_CODE_WAIT) if self._exitcode_hook else None
+        if exitcode is None:
+            message = f"channel closed: {self._peer_name} {self.peer_pid} closed its end or died"
+        else:
+            message = f"channel closed: {self._peer_name} {self.peer_pid} exited with code {exitcode}"
+        self.close(message, exitcode)
+
+    def close(self, message: str, exitcode: Optional[int] = None) -> None:
+        """Close the channel (idempotent): wake everyone, fail pending futures."""
+        with self._state_lock:
+            if self._is_closed:
+                return
+            self._close_message, self._close_exitcode = message, exitcode
+            self._is_closed = True
+            reader = self._reader
+        self._shutdown()
+        for reg in self.registry.close():
+            if reg.kind == FUTURE:
+                _fail(reg.future, self.closed_error())
+        self._closed_event.set()
+        if reader is None:  # with a reader, it closes the connection on its way out
+            self._close_conn()
+
+    def _shutdown(self) -> None:
+        if os.getpid() != self._owner_pid:
+            return  # an inherited copy: shutting the socket down would cut the owner's channel
+        with self._fd_lock:
+            if self._conn.closed:
+                return
+            try:
+                with socket.fromfd(self._conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already shut down by the peer, or not a socket
+                pass
+
+    def _close_conn(self) -> None:
+        # Send lock: no frame is half-written. Fd lock: no shutdown() on a reused fd number.
+        with self._send_lock, self._fd_lock:
+            self._conn.close()
+
+    def forget(self) -> None:
+        """Close an inherited copy of the connection in a forked child (no locks: the
+        parent's threads may have held them at fork time, and they do not exist here)."""
+        self._conn.close()
+
+    def join_reader(self, timeout: float) -> None:
+        """Wait (bounded) for the reader to finish; never joins the calling thread itself."""
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout)
+
+    @property
+    def raw_connection(self) -> Connection:
+        """The underlying connection (private: tests write malformed frames through it)."""
+        return self._conn
+
+
+def _resolve(future: Optional[Future[CommEvent]], event: CommEvent) -> None:
+    assert future is not None
+    try:
+        future.set_result(event)
+    except InvalidStateError:  # cancelled by its owner meanwhile
+        pass
+
+
+def _fail(future: Optional[Future[CommEvent]], err: BaseException) -> None:
+    assert future is not None
+    try:
+        future.set_exception(err)
+    except InvalidStateError:  # cancelled by its owner meanwhile
+        pass
