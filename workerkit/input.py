@@ -107,6 +107,18 @@ class IterableInputSource(Generic[X]):
         self._buffered = _NOTHING
         return cast(X, item)
 
+    def give_back(self) -> None:
+        """Return an item read ahead by ``has_next()`` to where it came from, when possible.
+
+        The pool calls this when it stops between ``has_next()`` and ``next()``. A
+        :class:`DynamicIterator` takes the item back at its front; for other iterators the
+        item stays buffered here, so a later ``process(this_source)`` still gets it.
+        """
+        if self._buffered is _NOTHING or not isinstance(self._iterator, DynamicIterator):
+            return
+        item, self._buffered = self._buffered, _NOTHING
+        self._iterator.push_front(item)  # type: ignore[arg-type]
+
     def __repr__(self) -> str:
         state = "exhausted" if self._exhausted else "open"
         return f"<IterableInputSource over {self._iterator!r} ({state})>"
@@ -163,6 +175,12 @@ class DynamicIterator(Generic[X]):
                 self._items.appendleft(item)
             else:
                 self._items.append(item)
+            self._not_empty.notify()
+
+    def push_front(self, item: X) -> None:
+        """Put an item back at the front, even after ``close()`` (it was taken, not added)."""
+        with self._lock:
+            self._items.appendleft(item)
             self._not_empty.notify()
 
     def extend(self, items: Iterable[X]) -> None:

@@ -57,7 +57,7 @@ from ._progress import ProgressArg, make_progress, source_length
 from ._run import Run
 from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
 from .errors import PoolClosedError, WorkPoolError, WorkTimeoutError
-from .input import InputSource, as_input_source
+from .input import InputSource, IterableInputSource, as_input_source
 from .outcome import Outcome, PoolStats, ProcessSummary
 from .worker import next_worker_id
 
@@ -371,6 +371,13 @@ class WorkPool(Generic[X, R]):
 
     def _dispatch(self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore]) -> None:
         """Pull items one by one: ``has_next()``, then a free slot, then ``next()``."""
+        try:
+            self._pull_loop(src, run, credits)
+        finally:
+            if isinstance(src, IterableInputSource):
+                src.give_back()  # stopped between has_next() and next(): nothing is lost
+
+    def _pull_loop(self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore]) -> None:
         has_next, pull = src.has_next, src.next
         while not run.stopping:
             if credits is not None:
