@@ -74,9 +74,7 @@ def _spawner_queue() -> queue.SimpleQueue[_Request[object]]:
     with _thread_lock:
         if _queue is None or _thread is None:
             _queue = queue.SimpleQueue()
-            _thread = threading.Thread(
-                target=_serve, args=(_queue,), name="workerkit-spawner", daemon=True
-            )
+            _thread = threading.Thread(target=_serve, args=(_queue,), name="workerkit-spawner", daemon=True)
             _thread.start()
         return _queue
 
