@@ -6,6 +6,7 @@ parent and child ends) -> ``util`` (child processes as pool workers); ``errors``
 exceptions.
 """
 
+from .comm import ChildCommChannel, CommEvent, ParentCommChannel, ProcessCommChannel
 from .errors import (
     ChannelClosedError,
     PoolClosedError,
@@ -17,6 +18,7 @@ from .errors import (
 from .input import DynamicIterator, InputSource, IterableInputSource
 from .outcome import Outcome, PoolStats, ProcessSummary
 from .pool import WorkPool
+from .util import WorkUtil, executor_worker, function_worker, spawned_worker
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -30,6 +32,14 @@ __all__ = [
     "Outcome",
     "ProcessSummary",
     "PoolStats",
+    "CommEvent",
+    "ProcessCommChannel",
+    "ParentCommChannel",
+    "ChildCommChannel",
+    "spawned_worker",
+    "function_worker",
+    "executor_worker",
+    "WorkUtil",
     "WorkerKitError",
     "ChannelClosedError",
     "RemoteError",

@@ -117,7 +117,7 @@ class IterableInputSource(Generic[X]):
         if self._buffered is _NOTHING or not isinstance(self._iterator, DynamicIterator):
             return
         item, self._buffered = self._buffered, _NOTHING
-        self._iterator.push_front(item)  # type: ignore[arg-type]
+        self._iterator.push_front(item)
 
     def __repr__(self) -> str:
         state = "exhausted" if self._exhausted else "open"

@@ -1,0 +1,68 @@
+"""The child side of :func:`workerkit.function_worker`: a loop that runs ``fn(item)``.
+
+The parent's pool thread owns the worker exclusively, so the function protocol skips the
+listener machinery and talks over the channel's connection directly: one frame out, one
+frame back, no reader thread and no futures on either side.
+
+Frames (``send_bytes`` payloads)::
+
+    parent -> child   b"C" + pickle(item)               call fn(item)
+    child -> parent   b"R" + pickle(value)              fn returned value
+                      b"E" + pickle((message, type, tb)) fn raised (or the item/result
+                                                        could not be (un)pickled)
+                      b"!" + pickle((message, type, tb)) the initializer failed
+                      b"K"                              ready: the initializer is done
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, Callable, Sequence, Tuple
+
+CALL = b"C"
+RESULT = b"R"
+ERROR = b"E"
+INIT_ERROR = b"!"
+READY = b"K"
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+__all__ = ["CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "PROTOCOL", "describe_error", "function_main"]
+
+
+def describe_error(exc: BaseException) -> Tuple[str, str, str]:
+    """``(message, "module.qualname", formatted traceback)`` of an exception, all picklable."""
+    kind = type(exc)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    formatted = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return str(exc), name, formatted
+
+
+def _error_frame(tag: bytes, exc: BaseException) -> bytes:
+    return tag + pickle.dumps(describe_error(exc), PROTOCOL)
+
+
+def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence[Any]) -> None:
+    """Child entry point: run the initializer, say ready, then serve calls until EOF."""
+    from .comm import ChildCommChannel
+
+    conn = ChildCommChannel().connection
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except Exception as exc:
+            conn.send_bytes(_error_frame(INIT_ERROR, exc))
+            return
+    conn.send_bytes(READY)
+    recv, send, loads, dumps = conn.recv_bytes, conn.send_bytes, pickle.loads, pickle.dumps
+    while True:
+        try:
+            frame = recv()
+        except (EOFError, OSError):
+            return  # the parent closed the channel: we are done
+        try:
+            reply = RESULT + dumps(fn(loads(frame[1:])), PROTOCOL)
+        except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
+            reply = _error_frame(ERROR, exc)
+        send(reply)
