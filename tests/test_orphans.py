@@ -193,3 +193,39 @@ def test_fork_siblings_do_not_hold_each_others_pipes() -> None:
         for ch in chans:
             ch.destroy(timeout=10.0)
     assert [ch.exitcode for ch in chans] == [0, 0, 0]
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_closes_inherited_sibling_ends() -> None:
+    first = ParentCommChannel.fork(behaviours.listening)
+    control_r, control_w = os.pipe()  # not ours: a fork child keeps it
+    second = None
+    try:
+        ends = [first.connection.fileno(), first._alive.fileno(), control_r]
+        fds = [(fd, os.fstat(fd).st_ino) for fd in ends]
+        second = ParentCommChannel.fork(behaviours.report_fds, (fds,))
+        held = second.listen_once("fds").result(WAIT)["held"]
+        assert held == [False, False, True]
+    finally:
+        os.close(control_r)
+        os.close(control_w)
+        first.destroy()
+        if second is not None:
+            second.destroy()
+
+
+@pytest.mark.timeout(60)
+def test_child_returning_with_a_live_grandchild_exits(start_method: str, tmp_path: Path) -> None:
+    pidfile = str(tmp_path / "grandchild.pid")
+    ch = ParentCommChannel.spawn(behaviours.nested, (pidfile,), start_method=start_method)
+    grandchild = 0
+    try:
+        assert ch.wait_closed(WAIT)  # the child returned and destroyed what it started
+        grandchild = int(Path(pidfile).read_text())
+        ch.destroy(timeout=10.0)
+        assert ch.exitcode == 0
+        assert wait_all_gone([grandchild], 5.0) == []
+    finally:
+        ch.destroy(timeout=1.0)
+        if grandchild and alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)

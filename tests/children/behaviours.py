@@ -8,7 +8,7 @@ import re
 import signal
 import threading
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from workerkit.comm import ChildCommChannel
 
@@ -134,3 +134,23 @@ def threaded_exit(code: int) -> None:
     ch.send("ready")
     threading.Thread(target=lambda: (time.sleep(0.2), ch.exit(code))).start()
     time.sleep(1000)
+
+
+def report_fds(fds: List[Tuple[int, int]]) -> None:
+    """Report, for each ``(fd, inode)``, whether this process still holds that file."""
+    ch = ChildCommChannel()
+    held = []
+    for fd, inode in fds:
+        try:
+            held.append(os.fstat(fd).st_ino == inode)
+        except OSError:
+            held.append(False)
+    ch.send("fds", {"held": held})
+
+
+def nested(pidfile: str) -> None:
+    """Start a grandchild that would live forever, then return without destroying it."""
+    from workerkit.comm import ParentCommChannel
+
+    grandchild = ParentCommChannel.spawn(listening, (pidfile,), start_method="fork")
+    grandchild.listen_once("ready").result(30)

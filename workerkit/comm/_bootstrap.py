@@ -41,6 +41,17 @@ def child_main(
     endpoint = child.install(conn, parent_pid, alive)
     start_watchdog(alive, lambda: endpoint.close("channel closed: the parent process went away"))
     try:
+        _run(target, args, kwargs)
+        if endpoint.has_listeners() and not endpoint.closed:
+            endpoint.wait_closed()  # listeners keep the child alive until the channel closes
+    finally:
+        # Our own children: multiprocessing would join them forever on the way out, and
+        # fork/forkserver children leave through os._exit, which skips atexit hooks.
+        _live.destroy_all()
+
+
+def _run(target: Target, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    try:
         resolve_target(target)(*args, **kwargs)
     except SystemExit:
         raise  # multiprocessing turns its code into the exit code
@@ -48,5 +59,3 @@ def child_main(
         traceback.print_exc()
         flush_std_streams()
         sys.exit(1)
-    if endpoint.has_listeners() and not endpoint.closed:
-        endpoint.wait_closed()  # listeners keep the child alive until the channel closes

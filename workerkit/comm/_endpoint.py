@@ -37,7 +37,7 @@ from ._framing import (
 )
 from ._listeners import EVERY, FUTURE, ListenerRegistry, Registration
 
-__all__ = ["Endpoint", "ExitcodeHook"]
+__all__ = ["Endpoint", "ExitcodeHook", "shutdown_socket"]
 
 logger = logging.getLogger("workerkit")
 
@@ -236,13 +236,7 @@ class Endpoint:
         if os.getpid() != self._owner_pid:
             return  # an inherited copy: shutting the socket down would cut the owner's channel
         with self._fd_lock:
-            if self._conn.closed:
-                return
-            try:
-                with socket.fromfd(self._conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already shut down by the peer, or not a socket
-                pass
+            shutdown_socket(self._conn)
 
     def _close_conn(self) -> None:
         # Send lock: no frame is half-written. Fd lock: no shutdown() on a reused fd number.
@@ -264,6 +258,18 @@ class Endpoint:
     def raw_connection(self) -> Connection:
         """The underlying connection (private: tests write malformed frames through it)."""
         return self._conn
+
+
+def shutdown_socket(conn: Connection) -> None:
+    """``shutdown(SHUT_RDWR)`` the socket under ``conn``: every holder of it, in any
+    process, sees EOF. The caller must keep ``conn`` from being closed meanwhile."""
+    if conn.closed:
+        return
+    try:
+        with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already shut down by the peer, or not a socket
+        pass
 
 
 def _resolve(future: Optional[Future[CommEvent]], event: CommEvent) -> None:

@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import List, Protocol
 
-__all__ = ["LiveChannel", "add", "discard", "snapshot", "forget_inherited"]
+__all__ = ["LiveChannel", "add", "discard", "snapshot", "destroy_all", "forget_inherited"]
 
 
 class LiveChannel(Protocol):
@@ -42,6 +42,16 @@ def discard(channel: LiveChannel) -> None:
 def snapshot() -> List[LiveChannel]:
     with _lock:
         return list(_channels)
+
+
+def destroy_all() -> None:
+    """Destroy every live channel (the atexit hook; a child's bootstrap also calls it,
+    because a forked child leaves through ``os._exit`` and skips atexit hooks)."""
+    channels = snapshot()
+    for channel in channels:
+        channel._begin_close()  # every child starts exiting at once
+    for channel in channels:
+        channel.destroy()
 
 
 def forget_inherited() -> None:

@@ -1,7 +1,7 @@
 """The owner's end of a channel: ParentCommChannel, which also owns the child process.
 
-``spawn`` creates two pipes (a duplex socketpair for messages, and a one-way "alive"
-pipe whose write end only the parent holds), starts the child on the spawner thread
+``spawn`` creates two socketpairs (one for messages, and an "alive" one the parent
+never writes to: the child's watchdog waits for its EOF), starts the child on the spawner thread
 under the start lock, and closes the parent's copies of the child's ends at once.
 
 ``destroy`` closes the channel and the alive pipe (the child's watchdog then ends the
@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 from . import _live
 from ._bootstrap import child_main
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, shutdown_socket
 from ._spawner import run_on_spawner, start_lock
 from ._target import Target, check_target
 from .channel import ProcessCommChannel
@@ -62,16 +62,8 @@ def _ensure_atexit_hook() -> None:
         if not _atexit_registered:
             # Registered after multiprocessing's own hook, so it runs BEFORE it: that hook
             # joins every child, which would hang forever on a child we never closed.
-            atexit.register(_destroy_all_at_exit)
+            atexit.register(_live.destroy_all)
             _atexit_registered = True
-
-
-def _destroy_all_at_exit() -> None:
-    channels = _live.snapshot()
-    for channel in channels:
-        channel._begin_close()  # every child starts exiting at once
-    for channel in channels:
-        channel.destroy()
 
 
 class ParentCommChannel(ProcessCommChannel):
@@ -146,7 +138,7 @@ class ParentCommChannel(ProcessCommChannel):
         ctx: Any = multiprocessing.get_context(method)  # typeshed's BaseContext lacks Process
         with start_lock():  # one start at a time: a concurrent fork would copy our child ends
             parent_conn, child_conn = ctx.Pipe(duplex=True)
-            alive_r, alive_w = ctx.Pipe(duplex=False)
+            alive_r, alive_w = ctx.Pipe(duplex=True)  # a socket: destroy can shut it down
             process = ctx.Process(
                 target=child_main,
                 args=(child_conn, alive_r, os.getpid(), method != "forkserver", target, args, kwargs),
@@ -232,7 +224,10 @@ class ParentCommChannel(ProcessCommChannel):
             return
         self._endpoint.close(f"channel to child process {self._pid} was destroyed")
         with self._alive_lock:
-            self._alive.close()  # the child's watchdog sees EOF, even if its main thread is busy
+            # The child's watchdog sees EOF, even if its main thread is busy; shutdown
+            # first, so copies of this end leaked into other forked processes don't matter.
+            shutdown_socket(self._alive)
+            self._alive.close()
 
     def _reap(self, timeout: float) -> None:
         if self._pid is None:
