@@ -390,7 +390,9 @@ def test_send_to_a_dead_child_raises_closed(spawn: Spawner) -> None:
 def test_wait_closed_after_child_exits(spawn: Spawner, start_method: str) -> None:
     ch = spawn(behaviours.printer, ("bye",), start_method=start_method)
     assert ch.wait_closed(WAIT) is True
-    assert ch.exitcode == 0 or ch.process.join(WAIT) is None and ch.process.exitcode == 0
+    assert not ch.active
+    ch.destroy()
+    assert ch.exitcode == 0
 
 
 @pytest.mark.timeout(60)
@@ -498,7 +500,7 @@ def test_unpicklable_target_needs_fork(method: str) -> None:
         pass
 
     for target in (lambda: None, local):
-        with pytest.raises(WorkerKitError, match="module-level") as info:
+        with pytest.raises(WorkerKitError, match="use fork or a module-level function") as info:
             ParentCommChannel.spawn(target, start_method=method)
         assert info.value.__cause__ is not None
 
@@ -586,3 +588,24 @@ def test_seen_pids_unique(spawn: Spawner) -> None:
     assert len(pids) == 3
     for ch in chans:
         assert ready(ch) == {"type": "ready"}
+
+
+@pytest.mark.timeout(60)
+def test_destroy_wakes_a_thread_reading_the_raw_connection(spawn: Spawner) -> None:
+    ch = spawn(behaviours.sleeper)  # never sends anything
+    outcome: List[BaseException] = []
+
+    def read() -> None:
+        try:
+            ch.connection.recv_bytes()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.2)  # the thread is blocked in recv
+    ch.destroy(timeout=5.0)
+    reader.join(WAIT)
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], EOFError)
+    assert ch.connection.closed  # released once the child was reaped

@@ -216,8 +216,13 @@ class Endpoint:
             message = f"channel closed: {self._peer_name} {self.peer_pid} exited with code {exitcode}"
         self.close(message, exitcode)
 
-    def close(self, message: str, exitcode: Optional[int] = None) -> None:
-        """Close the channel (idempotent): wake everyone, fail pending futures."""
+    def close(self, message: str, exitcode: Optional[int] = None, *, keep_conn: bool = False) -> None:
+        """Close the channel (idempotent): wake everyone, fail pending futures.
+
+        ``keep_conn`` defers closing the ``Connection`` itself to :meth:`release_conn`
+        (when no reader thread does it): a thread using the raw connection directly is
+        woken by the shutdown and gets EOF, rather than finding its fd closed under it.
+        """
         with self._state_lock:
             if self._is_closed:
                 return
@@ -229,7 +234,14 @@ class Endpoint:
             if reg.kind == FUTURE:
                 _fail(reg.future, self.closed_error())
         self._closed_event.set()
-        if reader is None:  # with a reader, it closes the connection on its way out
+        if reader is None and not keep_conn:  # a reader closes it on its way out
+            self._close_conn()
+
+    def release_conn(self) -> None:
+        """Close the connection after ``close(keep_conn=True)``, unless the reader will."""
+        with self._state_lock:
+            reader = self._reader
+        if reader is None:
             self._close_conn()
 
     def _shutdown(self) -> None:

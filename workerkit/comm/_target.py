@@ -71,6 +71,6 @@ def _check_picklable(target: Callable[..., Any], start_method: str) -> None:
     except Exception as exc:
         raise WorkerKitError(
             f"cannot send target {target!r} to a child started with {start_method!r}: "
-            f"it cannot be pickled ({type(exc).__name__}: {exc}). "
-            "Use fork or a module-level function (or a 'module:function' string)."
+            f"it cannot be pickled ({type(exc).__name__}: {exc}); "
+            "use fork or a module-level function (or a 'module:function' string)"
         ) from exc

@@ -215,14 +215,19 @@ class ParentCommChannel(ProcessCommChannel):
             if os.getpid() != self._owner_pid:  # an inherited copy in a forked child
                 self._forget_inherited()
                 return
+            # Close before join: the child exits by itself on EOF, so joining first would
+            # always wait the full timeout and then signal a child that was not stuck.
             self._begin_close()
-            self._reap(timeout)
+            try:
+                self._reap(timeout)
+            finally:
+                self._endpoint.release_conn()
 
     def _begin_close(self) -> None:
         """Close the channel and the alive pipe: the child starts exiting by itself."""
         if self._pid is None or os.getpid() != self._owner_pid:
             return
-        self._endpoint.close(f"channel to child process {self._pid} was destroyed")
+        self._endpoint.close(f"channel to child process {self._pid} was destroyed", keep_conn=True)
         with self._alive_lock:
             # The child's watchdog sees EOF, even if its main thread is busy; shutdown
             # first, so copies of this end leaked into other forked processes don't matter.
