@@ -741,13 +741,30 @@ def test_progress_total_is_none_for_a_dynamic_iterator() -> None:
     calls: List[Tuple[int, Optional[int]]] = []
     feed: DynamicIterator[int] = DynamicIterator()
     feed.extend([1, 2])
-    with pool_of(identity, max_workers=1) as pool:
-        future = pool.start(feed, progress=lambda d, t: calls.append((d, t)))
+    first_running = threading.Event()
+
+    def work(item: int) -> int:
+        first_running.set()
+        return item
+
+    def produce() -> None:
+        assert first_running.wait(WAIT)  # more items arrive while the pool runs
         feed.extend([3, 4, 5])
         feed.close()
-        future.result(WAIT)
+
+    producer = start_thread(produce)
+    with pool_of(work, max_workers=1) as pool:
+        pool.process(feed, progress=lambda d, t: calls.append((d, t)))
+    join(producer)
     assert [d for d, _ in calls] == [1, 2, 3, 4, 5]
     assert {t for _, t in calls} == {None}, f"total must be unknown (None), got {calls}"
+
+
+def test_progress_total_through_start_is_the_length_of_a_list() -> None:
+    calls: List[Tuple[int, Optional[int]]] = []
+    with pool_of(identity, max_workers=1) as pool:
+        pool.start(list(range(4)), progress=lambda d, t: calls.append((d, t))).result(WAIT)
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_progress_done_never_goes_backwards_with_many_workers() -> None:
