@@ -10,7 +10,15 @@ __all__ = ["ProgressArg", "Progress", "make_progress", "source_length"]
 
 
 def source_length(source: object) -> Optional[int]:
-    """The number of items a source will yield when it can tell cheaply (``len()``), else None."""
+    """The number of items a source will yield when it can tell cheaply (``len()``), else None.
+
+    Input sources and :class:`DynamicIterator` are excluded: their ``len()`` (if any) counts
+    what is queued now, not what will come.
+    """
+    from .input import DynamicIterator
+
+    if isinstance(source, DynamicIterator) or hasattr(source, "has_next"):
+        return None
     try:
         return len(source)  # type: ignore[arg-type]
     except TypeError:

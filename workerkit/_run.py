@@ -51,6 +51,8 @@ class Run(Generic[X, R]):
         self.failed = 0
         self.failures: List[Outcome[X, R]] = []
         self.first_error: Optional[BaseException] = None
+        # Set when the call stopped because its workers cannot be created.
+        self.breaker_error: Optional[BaseException] = None
         self.started = time.monotonic()
 
     def submit(self) -> int:

@@ -56,7 +56,7 @@ from typing import (
 from ._progress import ProgressArg, make_progress, source_length
 from ._run import Run
 from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
-from .errors import PoolClosedError, WorkPoolError, WorkTimeoutError
+from .errors import PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
 from .input import InputSource, IterableInputSource, as_input_source
 from .outcome import Outcome, PoolStats, ProcessSummary
 from .worker import next_worker_id
@@ -74,6 +74,25 @@ OutcomeCallback = Callable[[Outcome[X, R]], Any]
 
 _WAIT_SLICE = 0.5  # bounded waits re-check shutdown flags; they never add latency to a wake-up
 _END: Any = object()
+_FREE = Slot(0)  # "a slot is free": returned when the caller only waits for one
+
+
+_PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress")
+
+
+def _check_process_options(**options: Any) -> None:
+    """Reject bad ``process`` options at the call that passed them (``start`` included)."""
+    unknown = sorted(set(options) - set(_PROCESS_OPTIONS))
+    if unknown:
+        known = ", ".join(_PROCESS_OPTIONS)
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; process takes {known}")
+    for name in ("on_complete", "on_error"):
+        callback = options.get(name)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"{name} must be a callable taking an Outcome, got {callback!r}")
+    progress = options.get("progress")
+    if progress not in (None, True, False) and not callable(progress):
+        raise TypeError(f"progress must be True, False, None or a callable(done, total), got {progress!r}")
 
 
 def default_max_workers() -> int:
@@ -187,13 +206,11 @@ class WorkPool(Generic[X, R]):
         """
         self._check_open()
         src = as_input_source(source)
-        for name, cb in (("on_complete", on_complete), ("on_error", on_error)):
-            if cb is not None and not callable(cb):
-                raise TypeError(f"{name} must be a callable taking an Outcome, got {cb!r}")
+        _check_process_options(on_complete=on_complete, on_error=on_error, progress=progress)
         reporter = make_progress(progress, source_length(source), self.name)
         run: Run[X, R] = Run(on_complete, on_error, reporter)
         try:
-            self._drive(src, run)
+            self._drive(src, run, slot_first=src is not source)
         finally:
             run.close_progress()
         summary = run.summary()
@@ -215,19 +232,20 @@ class WorkPool(Generic[X, R]):
         """
         self._check_open()
         src = as_input_source(source)
-        return self._stream(src, ordered)
+        return self._stream(src, ordered, src is not source)
 
     def start(self, source: Source[X], **process_kwargs: Any) -> Future[ProcessSummary]:
         """Run :meth:`process` on a background thread; the future holds its summary."""
         self._check_open()
-        src = as_input_source(source)
+        as_input_source(source)  # a bad source fails here, at the call
+        _check_process_options(**process_kwargs)
         future: Future[ProcessSummary] = Future()
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                future.set_result(self.process(src, **process_kwargs))
+                future.set_result(self.process(source, **process_kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -314,7 +332,7 @@ class WorkPool(Generic[X, R]):
 
     # ------------------------------------------------------------------ dispatching
 
-    def _stream(self, src: InputSource[X], ordered: bool) -> Iterator[Outcome[X, R]]:
+    def _stream(self, src: InputSource[X], ordered: bool, slot_first: bool) -> Iterator[Outcome[X, R]]:
         """Dispatch on a background thread; hand outcomes to the consuming thread."""
         outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Credits bound how far the dispatcher runs ahead of the consumer, so a slow
@@ -325,7 +343,7 @@ class WorkPool(Generic[X, R]):
 
         def dispatch() -> None:
             try:
-                self._drive(src, run, credits)
+                self._drive(src, run, credits, slot_first=slot_first)
             except BaseException as exc:
                 raised.append(exc)
             finally:
@@ -347,37 +365,55 @@ class WorkPool(Generic[X, R]):
             raise PoolClosedError(f"pool {self.name!r} is shut down; create a new pool")
 
     def _drive(
-        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore] = None
+        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore] = None,
+        *, slot_first: bool = False,
     ) -> None:
         """Dispatch every item of ``src``, then wait for those in flight (the caller's thread)."""
         with self._lock:
             self._runs.add(run)
+            self._creation_failures = 0  # the breaker is per call, like errors
         try:
-            self._dispatch(src, run, credits)
+            try:
+                self._dispatch(src, run, credits, slot_first)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                run.stopping = True
+                run.wait()  # a source error surfaces after the in-flight items finished
+                raise
+            run.wait()
         except KeyboardInterrupt:
+            # Ctrl-C: end the workers (their children) instead of waiting for them.
             run.stopping = True
             self._destroy_all_workers()
-            raise
-        except BaseException:
-            run.stopping = True
-            run.wait()  # a source error surfaces after the in-flight items finished
             raise
         finally:
             with self._lock:
                 self._runs.discard(run)
             self._errors = list(run.failures)
-        run.wait()
-        self._errors = list(run.failures)
+        if run.breaker_error is not None:
+            raise WorkPoolError(str(run.breaker_error), run.summary()) from run.breaker_error.__cause__
 
-    def _dispatch(self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore]) -> None:
-        """Pull items one by one: ``has_next()``, then a free slot, then ``next()``."""
+    def _dispatch(
+        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore],
+        slot_first: bool,
+    ) -> None:
+        """Pull items one by one: ``has_next()``, then a free slot, then ``next()``.
+
+        With ``slot_first`` (a plain iterable the pool wrapped itself, whose read-ahead the
+        caller cannot see or get back) wait for a free slot before ``has_next()``, so an
+        early stop never strands an item read ahead from the caller's iterator.
+        """
         try:
-            self._pull_loop(src, run, credits)
+            self._pull_loop(src, run, credits, slot_first)
         finally:
             if isinstance(src, IterableInputSource):
                 src.give_back()  # stopped between has_next() and next(): nothing is lost
 
-    def _pull_loop(self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore]) -> None:
+    def _pull_loop(
+        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore],
+        slot_first: bool,
+    ) -> None:
         has_next, pull = src.has_next, src.next
         while not run.stopping:
             if credits is not None:
@@ -386,6 +422,8 @@ class WorkPool(Generic[X, R]):
                         return
                 if run.stopping:
                     return
+            if slot_first and self._acquire_slot(run, take=False) is None:
+                return
             if not has_next():
                 return
             slot = self._acquire_slot(run)
@@ -400,15 +438,18 @@ class WorkPool(Generic[X, R]):
                 raise
             slot.assign(Job(run.submit(), item, run))
 
-    def _acquire_slot(self, run: Run[X, R]) -> Optional[Slot]:
-        """A free slot (idle, or new while below ``max_workers``); None once stopping."""
+    def _acquire_slot(self, run: Run[X, R], take: bool = True) -> Optional[Slot]:
+        """A free slot (idle, or new while below ``max_workers``); None once stopping.
+
+        With ``take=False``, only wait until a slot is free and return a placeholder.
+        """
         wakeup = run.wakeup
-        self._lock.acquire()
-        try:
+        with self._lock:
             while True:
-                if run.stopping or self._closed:
+                if run.stopping or self._closed or self._breaker_tripped(run):
                     return None
-                self._check_breaker(run)
+                if not take and (self._idle or len(self._slots) < self._max_workers):
+                    return _FREE
                 if self._idle:
                     slot = self._idle.pop()
                     slot.state = BUSY
@@ -419,15 +460,16 @@ class WorkPool(Generic[X, R]):
                     break
                 self._waiters.append(wakeup)
                 self._lock.release()
-                # Bounded, so a stop request is seen even if no slot ever comes back.
-                woken = wakeup.acquire(timeout=_WAIT_SLICE)
-                self._lock.acquire()
+                try:
+                    # Bounded, so a stop request is seen even if no slot ever comes back.
+                    woken = wakeup.acquire(timeout=_WAIT_SLICE)
+                finally:
+                    # Re-taken even when Ctrl-C interrupts the wait: the with-block releases it.
+                    self._lock.acquire()
                 if wakeup in self._waiters:
                     self._waiters.remove(wakeup)  # timed out: nobody signalled us
                 elif not woken:
                     wakeup.acquire()  # signalled just as we timed out: consume it
-        finally:
-            self._lock.release()
         thread = threading.Thread(
             target=self._slot_main, args=(slot,), name=f"workerkit-worker-{slot.number}", daemon=True
         )
@@ -448,17 +490,24 @@ class WorkPool(Generic[X, R]):
         self._busy += 1
         return slot
 
-    def _check_breaker(self, run: Run[X, R]) -> None:
-        """Stop a call whose workers cannot be created, instead of failing item after item."""
-        if self._creation_failures >= self._max_workers + 2 and self._alive == 0:
-            run.stopping = True
-            error = self._last_creation_error
-            raise WorkPoolError(
-                f"pool {self.name!r} stopped pulling items: {self._creation_failures} workers in a "
-                f"row failed to start ({type(error).__name__}: {error}); fix the factory or the "
-                "worker's init, then call process again",
-                run.summary(),
-            ) from error
+    def _breaker_tripped(self, run: Run[X, R]) -> bool:
+        """Stop a call whose workers cannot be created, instead of failing item after item.
+
+        Call with the lock held. The call raises ``WorkPoolError`` once its items in flight
+        have finished, so its summary keeps ``submitted == completed + failed``.
+        """
+        if self._creation_failures < self._max_workers + 2 or self._alive:
+            return False
+        error = self._last_creation_error
+        tripped = WorkerKitError(
+            f"pool {self.name!r} stopped pulling items: {self._creation_failures} workers in a "
+            f"row failed to start ({type(error).__name__}: {error}); fix the factory or the "
+            "worker's init, then call process again"
+        )
+        tripped.__cause__ = error
+        run.breaker_error = tripped
+        run.stopping = True
+        return True
 
     def _return_unused(self, slot: Slot) -> None:
         """Put back a slot the dispatcher took but could not use."""
@@ -503,6 +552,13 @@ class WorkPool(Generic[X, R]):
                 self._idle.remove(slot)
                 self._slots.discard(slot)
                 self._wake_dispatchers_locked()
+                # Detached under the same lock as the check, so two slots timing out
+                # together can never take the pool below min_workers.
+                worker, slot.worker = slot.worker, None
+                if worker is not None:
+                    self._alive -= 1
+            if worker is not None:
+                self._destroy_worker(worker)
             return None
 
     def _run_job(self, slot: Slot, job: Job) -> bool:

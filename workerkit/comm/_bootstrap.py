@@ -45,6 +45,7 @@ def child_main(
         if endpoint.has_listeners() and not endpoint.closed:
             endpoint.wait_closed()  # listeners keep the child alive until the channel closes
     finally:
+        child.hold_if_exiting()  # ChildCommChannel.exit(code) owns the exit code
         # Our own children: multiprocessing would join them forever on the way out, and
         # fork/forkserver children leave through os._exit, which skips atexit hooks.
         _live.destroy_all()
@@ -56,6 +57,7 @@ def _run(target: Target, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
     except SystemExit:
         raise  # multiprocessing turns its code into the exit code
     except BaseException:
+        child.hold_if_exiting()  # the target failed because exit(code) closed the channel
         traceback.print_exc()
         flush_std_streams()
         sys.exit(1)

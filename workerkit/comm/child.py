@@ -8,6 +8,8 @@ share one reader thread, while each ``release()`` drops only its own listeners.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Optional
 
@@ -16,11 +18,13 @@ from ._endpoint import Endpoint
 from ._lifeline import flush_std_streams
 from .channel import ProcessCommChannel
 
-__all__ = ["ChildCommChannel", "install", "current_endpoint", "forget_inherited"]
+__all__ = ["ChildCommChannel", "install", "current_endpoint", "forget_inherited", "hold_if_exiting"]
 
 _endpoint: Optional[Endpoint] = None
 _alive: Optional[Connection] = None
 _installed_pid = 0  # the process the published endpoint belongs to (forks inherit it)
+# Set by ChildCommChannel.exit() just before it closes the channel and calls os._exit.
+_exiting = threading.Event()
 
 
 def install(conn: Connection, parent_pid: int, alive: Connection) -> Endpoint:
@@ -48,6 +52,17 @@ def forget_inherited() -> None:
         if _alive is not None:
             _alive.close()
         _endpoint = _alive = None
+
+
+def hold_if_exiting() -> None:
+    """Block for good while ``exit(code)`` ends the process from another thread.
+
+    Its closing the channel wakes the bootstrap's ``wait_closed``; returning from the
+    bootstrap then would race the ``os._exit(code)`` with a normal exit 0.
+    """
+    if _exiting.is_set():
+        while True:
+            time.sleep(60)
 
 
 class ChildCommChannel(ProcessCommChannel):
@@ -80,6 +95,7 @@ class ChildCommChannel(ProcessCommChannel):
 
         Works from any thread (it does not return).
         """
+        _exiting.set()  # before closing: the main thread must not exit first with code 0
         self._endpoint.close(f"child process {os.getpid()} exited with code {code}", code)
         flush_std_streams()
         os._exit(code)
