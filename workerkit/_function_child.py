@@ -12,23 +12,30 @@ Frames (``send_bytes`` payloads)::
                                                         could not be (un)pickled)
                       b"!" + pickle((message, type, tb)) the initializer failed
                       b"K"                              ready: the initializer is done
+    parent -> child   b"B" + pickle([item, ...])        call fn on each item of a chunk
+    child -> parent   b"S" + pickle([(ok, value_or_error_description), ...])
 """
 
 from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 CALL = b"C"
 RESULT = b"R"
 ERROR = b"E"
 INIT_ERROR = b"!"
 READY = b"K"
+BATCH = b"B"
+BATCH_RESULT = b"S"
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-__all__ = ["CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "PROTOCOL", "describe_error", "function_main"]
+__all__ = [
+    "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "PROTOCOL",
+    "describe_error", "function_main",
+]
 
 
 def describe_error(exc: BaseException) -> Tuple[str, str, str]:
@@ -62,7 +69,37 @@ def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence
         except (EOFError, OSError):
             return  # the parent closed the channel: we are done
         try:
-            reply = RESULT + dumps(fn(loads(frame[1:])), PROTOCOL)
+            if frame[:1] == BATCH:
+                reply = _chunk_reply(_run_chunk(fn, loads(frame[1:])))
+            else:
+                reply = RESULT + dumps(fn(loads(frame[1:])), PROTOCOL)
         except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
             reply = _error_frame(ERROR, exc)
         send(reply)
+
+
+def _run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Tuple[bool, Any]]:
+    """Run ``fn`` on each item of a chunk; an item's error never stops the others."""
+    results: List[Tuple[bool, Any]] = []
+    for item in items:
+        try:
+            results.append((True, fn(item)))
+        except Exception as exc:
+            results.append((False, describe_error(exc)))
+    return results
+
+
+def _chunk_reply(results: List[Tuple[bool, Any]]) -> bytes:
+    """Pickle a chunk's results; a result that cannot be pickled fails only its own item."""
+    try:
+        return BATCH_RESULT + pickle.dumps(results, PROTOCOL)
+    except Exception:
+        checked: List[Tuple[bool, Any]] = []
+        for ok, value in results:
+            if ok:
+                try:
+                    pickle.dumps(value, PROTOCOL)
+                except Exception as exc:
+                    ok, value = False, describe_error(exc)
+            checked.append((ok, value))
+        return BATCH_RESULT + pickle.dumps(checked, PROTOCOL)

@@ -304,20 +304,30 @@ class WorkPool(Generic[X, R]):
         max_workers: Optional[int] = None,
         ordered: bool = True,
         start_method: Optional[str] = None,
+        chunksize: int = 1,
         **pool_kwargs: Any,
     ) -> Iterator[T]:
         """Run a picklable ``fn`` on each item in child processes; yield the results.
 
         Raises the first error (a :class:`RemoteError` for an exception in the child).
+        ``chunksize`` sends several items per message (results are still per item).
         """
-        from .util import check_function_target, function_worker
+        from .util import check_function_target, chunk_worker, function_worker
 
         check_function_target(fn, start_method)
-        pool: WorkPool[Any, T] = WorkPool(
-            lambda: function_worker(fn, start_method=start_method),
-            max_workers=max_workers, **pool_kwargs,
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if chunksize == 1:
+            pool: WorkPool[Any, Any] = WorkPool(
+                lambda: function_worker(fn, start_method=start_method),
+                max_workers=max_workers, **pool_kwargs,
+            )
+            return _map_results(pool, pool.stream(iterable, ordered=ordered))
+        pool = WorkPool(
+            lambda: chunk_worker(fn, start_method=start_method), max_workers=max_workers, **pool_kwargs
         )
-        return _map_results(pool, pool.stream(iterable, ordered=ordered))
+        chunks = _chunked(iterable, chunksize)
+        return _flatten_chunks(_map_results(pool, pool.stream(chunks, ordered=ordered)))
 
     def __enter__(self: T) -> T:
         return self
@@ -812,6 +822,28 @@ def _in_order(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) ->
             yield ready
     for index in sorted(early):  # only when the dispatch stopped early
         yield early[index]
+
+
+def _chunked(iterable: Iterable[T], size: int) -> Iterator[List[T]]:
+    """Lists of ``size`` consecutive items (the last may be shorter), pulled lazily."""
+    iterator = iter(iterable)
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _flatten_chunks(results: Iterator[List[Any]]) -> Iterator[Any]:
+    """Per-item results of chunked calls; raises the first failed item's error."""
+    try:
+        for chunk in results:
+            for ok, value in chunk:
+                if not ok:
+                    raise value
+                yield value
+    finally:
+        results.close()  # type: ignore[attr-defined]  # shuts the pool down on an early exit
 
 
 def _map_results(pool: WorkPool[Any, T], outcomes: Iterator[Outcome[Any, T]]) -> Iterator[T]:

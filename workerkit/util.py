@@ -13,9 +13,19 @@ from __future__ import annotations
 import pickle
 import threading
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Dict, Generic, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 
-from ._function_child import CALL, ERROR, INIT_ERROR, PROTOCOL, READY, RESULT, function_main
+from ._function_child import (
+    BATCH,
+    BATCH_RESULT,
+    CALL,
+    ERROR,
+    INIT_ERROR,
+    PROTOCOL,
+    READY,
+    RESULT,
+    function_main,
+)
 from .comm import ParentCommChannel
 from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
 from .worker import Worker, next_worker_id
@@ -212,6 +222,23 @@ class _FunctionWorker(Worker[X, R]):
             raise _remote_error(frame)
         raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
 
+    def execute_chunk(self, items: Sequence[X]) -> List[Tuple[bool, Any]]:
+        """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``."""
+        request = BATCH + pickle.dumps(list(items), PROTOCOL)
+        try:
+            self._conn.send_bytes(request)
+        except OSError:
+            raise self._closed() from None
+        frame = self._recv()
+        if frame[:1] == ERROR:
+            raise _remote_error(frame)
+        if frame[:1] != BATCH_RESULT:
+            raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
+        return [
+            (True, value) if ok else (False, RemoteError(*value))
+            for ok, value in pickle.loads(frame[1:])
+        ]
+
     def destroy(self) -> None:
         self.channel.destroy()
 
@@ -235,6 +262,42 @@ class _FunctionWorker(Worker[X, R]):
 def _remote_error(frame: bytes, prefix: str = "") -> RemoteError:
     message, remote_type, remote_tb = pickle.loads(frame[1:])
     return RemoteError(prefix + message, remote_type, remote_tb)
+
+
+class _ChunkWorker(Worker[Sequence[X], List[Tuple[bool, Any]]]):
+    """A function worker fed whole chunks: each execute is one round trip for many items."""
+
+    def __init__(self, inner: _FunctionWorker[X, Any]):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def id(self) -> Any:
+        return self.inner.id
+
+    @property
+    def pid(self) -> int:
+        return self.inner.pid
+
+    @property
+    def active(self) -> bool:  # type: ignore[override]
+        return self.inner.active
+
+    def init(self) -> None:
+        self.inner.init()
+
+    def execute(self, item: Sequence[X]) -> List[Tuple[bool, Any]]:
+        return self.inner.execute_chunk(item)
+
+    def destroy(self) -> None:
+        self.inner.destroy()
+
+
+def chunk_worker(fn: Callable[[X], R], *, start_method: Optional[str] = None) -> Worker[Sequence[X], Any]:
+    """A function worker whose items are chunks (lists) of inputs; used by ``map(chunksize=)``."""
+    worker = function_worker(fn, start_method=start_method)
+    assert isinstance(worker, _FunctionWorker)
+    return _ChunkWorker(worker)
 
 
 def function_worker(
