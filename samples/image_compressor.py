@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 from concurrent.futures import Future
@@ -51,7 +52,8 @@ class ImageCompressor(WorkPool[str, str]):
     def begin(self) -> Future[ProcessSummary]:
         return self.start(
             IterableInputSource(self.pending_images),
-            on_complete=lambda outcome: print(outcome.value, flush=True),
+            # One write per line: callbacks run on several pool threads at once.
+            on_complete=lambda outcome: sys.stdout.write(f"{outcome.value}\n"),
         )
 
     def convert(self, *images: str) -> None:

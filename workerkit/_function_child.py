@@ -55,19 +55,24 @@ def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence
     from .comm import ChildCommChannel
 
     conn = ChildCommChannel().connection
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except Exception as exc:
-            conn.send_bytes(_error_frame(INIT_ERROR, exc))
-            return
-    conn.send_bytes(READY)
+    try:
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except Exception as exc:
+                conn.send_bytes(_error_frame(INIT_ERROR, exc))
+                return
+        conn.send_bytes(READY)
+        _serve(conn, fn)
+    except (EOFError, OSError):
+        return  # the parent closed the channel (or went away): we are done, quietly
+
+
+def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
+    """Answer call frames until the parent closes the channel."""
     recv, send, loads, dumps = conn.recv_bytes, conn.send_bytes, pickle.loads, pickle.dumps
     while True:
-        try:
-            frame = recv()
-        except (EOFError, OSError):
-            return  # the parent closed the channel: we are done
+        frame = recv()
         try:
             if frame[:1] == BATCH:
                 reply = _chunk_reply(_run_chunk(fn, loads(frame[1:])))

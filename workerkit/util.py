@@ -56,7 +56,9 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: Optional[float], what: str
 
     def call() -> None:
         try:
-            box["value"] = _settle(fn(), timeout)
+            # No timeout here: the caller's wait below is the one limit; when it expires the
+            # channel is destroyed, which fails the Future and ends this thread.
+            box["value"] = _settle(fn())
         except BaseException as exc:
             box["error"] = exc
         finally:
@@ -68,6 +70,11 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: Optional[float], what: str
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _check_init_timeout(init_timeout: Optional[float]) -> None:
+    if init_timeout is not None and (isinstance(init_timeout, bool) or not init_timeout > 0):
+        raise ValueError(f"init_timeout must be > 0 seconds (or None for no limit), got {init_timeout!r}")
 
 
 class _SpawnedWorker(Worker[X, R]):
@@ -144,8 +151,7 @@ def spawned_worker(
     """
     if not callable(execute):
         raise TypeError("spawned_worker needs execute=callable(channel, item)")
-    if init_timeout is not None and init_timeout <= 0:
-        raise ValueError(f"init_timeout must be > 0 seconds (or None), got {init_timeout!r}")
+    _check_init_timeout(init_timeout)
     channel = ParentCommChannel.spawn(target, args, kwargs, start_method=start_method)
     return _SpawnedWorker(channel, init, execute, destroy, init_timeout)
 
@@ -316,6 +322,7 @@ def function_worker(
     check_function_target(fn, start_method)
     if initializer is not None:
         check_function_target(initializer, start_method)
+    _check_init_timeout(init_timeout)
     channel = ParentCommChannel.spawn(
         function_main, (fn, initializer, tuple(initargs)), start_method=start_method
     )
