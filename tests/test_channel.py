@@ -319,6 +319,7 @@ def test_malformed_frames_are_dropped(
         ch = spawn(behaviours.raw_junk, start_method=start_method)
         oops = ch.listen_once("oops")
         after = ch.listen_once("after")
+        ch.send("go")  # only now: both listeners are in place
         assert after.result(WAIT) == {"type": "after", "n": 1}
         with pytest.raises(MessageDecodeError, match="oops"):
             oops.result(WAIT)
@@ -333,6 +334,7 @@ def test_undecodable_message_fails_its_future(
     with caplog.at_level(logging.ERROR, logger="workerkit"):
         ch = spawn(behaviours.undecodable, start_method=start_method)
         bad, worse, good = ch.listen_once("bad"), ch.listen_once("worse"), ch.listen_once("good")
+        ch.send("go")  # only now: all three listeners are in place
         with pytest.raises(MessageDecodeError, match="'bad'") as info:
             bad.result(WAIT)
         assert isinstance(info.value.__cause__, ImportError)

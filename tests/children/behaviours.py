@@ -47,8 +47,12 @@ def printer(line: str) -> None:
 
 
 def raw_junk() -> None:
-    """Write frames that are not messages, then a real one."""
+    """On 'go', write frames that are not messages, then a real one."""
     ch = ChildCommChannel()
+    ch.listen_for("go", lambda e, rm: _send_junk(ch))
+
+
+def _send_junk(ch: ChildCommChannel) -> None:
     conn = ch.connection
     conn.send(42)  # a plain pickle: its first byte is no sane type-name length
     conn.send_bytes(b"")  # empty frame
@@ -77,11 +81,15 @@ def _explode(message: str) -> None:
 
 
 def undecodable() -> None:
-    """Send two messages the parent cannot unpickle, then a good one."""
+    """On 'go', send two messages the parent cannot unpickle, then a good one."""
     ch = ChildCommChannel()
-    ch.send("bad", {"obj": _Unloadable()})
-    ch.send("worse", {"obj": _Exploding()})
-    ch.send("good", {"n": 7})
+
+    def send_all(_event: Any, _remove: Any) -> None:
+        ch.send("bad", {"obj": _Unloadable()})
+        ch.send("worse", {"obj": _Exploding()})
+        ch.send("good", {"n": 7})
+
+    ch.listen_for("go", send_all)
 
 
 def busy(pidfile: Optional[str] = None) -> None:
