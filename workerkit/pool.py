@@ -312,11 +312,26 @@ class WorkPool(Generic[X, R]):
         Raises the first error (a :class:`RemoteError` for an exception in the child).
         ``chunksize`` sends several items per message (results are still per item).
         """
+        from ._fastmap import pipelined_map
         from .util import check_function_target, chunk_worker, function_worker
 
         check_function_target(fn, start_method)
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ValueError(
+                f"max_workers must be an int >= 1 (or None for the CPU count), got {max_workers!r}"
+            )
+        if not pool_kwargs:
+            # No per-worker limits asked for: the single-threaded pipelined driver, which
+            # keeps a few items queued in each child and needs no thread hand-offs.
+            return pipelined_map(
+                lambda: function_worker(fn, start_method=start_method), iterable,
+                max_workers=max_workers or default_max_workers(), ordered=ordered,
+                chunksize=chunksize,
+            )
         if chunksize == 1:
             pool: WorkPool[Any, Any] = WorkPool(
                 lambda: function_worker(fn, start_method=start_method),
