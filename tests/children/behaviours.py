@@ -162,3 +162,16 @@ def nested(pidfile: str) -> None:
 
     grandchild = ParentCommChannel.spawn(listening, (pidfile,), start_method="fork")
     grandchild.listen_once("ready").result(30)
+
+
+def typed_echo() -> None:
+    """Echo every 'msg' back with the same payload, as the type it names in 'reply_type'."""
+    ch = ChildCommChannel()
+
+    def reply(event: Any, _remove: Any) -> None:
+        payload = dict(event)
+        del payload["type"]
+        ch.send(payload.pop("reply_type", "echo"), payload)
+
+    ch.listen_for("msg", reply)
+    ch.send("ready")

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import threading
+import time
 from concurrent.futures import Future, InvalidStateError
 from multiprocessing.connection import Connection
 from typing import Callable, Iterable, Optional
@@ -70,6 +72,12 @@ class Endpoint:
         self._fd_lock = threading.Lock()
         # Closed flag vs reader start: decides atomically who closes the connection.
         self._state_lock = threading.Lock()
+        # Whoever reads a frame holds this until it is dispatched: the reader thread, or a
+        # thread waiting on a listen_once future that reads for itself. Keeps frames in order.
+        self._read_lock = threading.Lock()
+        # Two pollers: select.poll objects refuse concurrent use from two threads.
+        self._reader_poll = _poller(conn)
+        self._waiter_poll = _poller(conn)  # used only with _read_lock held
         self._reader: Optional[threading.Thread] = None
         self._is_closed = False
         self._closed_event = threading.Event()
@@ -130,7 +138,7 @@ class Endpoint:
 
     def _reader_main(self) -> None:
         try:
-            while self._read_one():
+            while self._read_next():
                 pass
         except BaseException:  # a bug, or SystemExit in a handler: still close, below
             logger.exception("workerkit reader for process %s stopped on an error", self.peer_pid)
@@ -138,6 +146,42 @@ class Endpoint:
             if not self._is_closed:
                 self.peer_lost()
             self._close_conn()
+
+    def _read_next(self) -> bool:
+        """Reader thread: wait for data WITHOUT the read lock (so a waiting thread may read
+        it itself), then read and dispatch one frame under it; ``False`` once done."""
+        try:
+            self._reader_poll.poll()
+            with self._read_lock:
+                if not self._reader_poll.poll(0):
+                    return True  # a thread waiting on a future read it first
+                return self._read_one()
+        except (OSError, ValueError):  # the connection was closed under the poll
+            return False
+
+    def drive(self, future: Future[CommEvent], timeout: Optional[float]) -> Optional[float]:
+        """Read frames on the calling thread until ``future`` is done; return the time left.
+
+        A round trip then costs no thread hand-off. Only while no callback listener is
+        registered (callbacks run on the reader thread, as the contract says) and no one
+        else is reading; otherwise it returns at once and the caller waits as usual.
+        """
+        if self.registry.callbacks or self._is_closed or not self._read_lock.acquire(blocking=False):
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not future.done() and not self._is_closed and not self.registry.callbacks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                wait_ms = None if remaining is None else max(1, int(remaining * 1000))
+                if not self._waiter_poll.poll(wait_ms) or not self._read_one():
+                    break  # timed out, or EOF: the reader thread sees it too and closes
+        except (OSError, ValueError):
+            pass  # closed under us: the reader thread reports it
+        finally:
+            self._read_lock.release()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _read_one(self) -> bool:
         """Read and dispatch one message; ``False`` at EOF or once the channel is closed."""
@@ -270,6 +314,12 @@ class Endpoint:
     def raw_connection(self) -> Connection:
         """The underlying connection (private: tests write malformed frames through it)."""
         return self._conn
+
+
+def _poller(conn: Connection) -> select.poll:
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return poller
 
 
 def shutdown_socket(conn: Connection) -> None:

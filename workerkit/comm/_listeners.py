@@ -83,6 +83,9 @@ class ListenerRegistry:
         self._every: Tuple[Registration, ...] = ()
         self._seq = itertools.count()
         self._closed = False
+        # Live callback registrations (everything but futures). While there are none, a
+        # thread waiting on a listen_once future may read the pipe itself (see Endpoint.drive).
+        self.callbacks = 0
 
     def add(self, reg: Registration) -> bool:
         """Register ``reg``; ``False`` (and nothing registered) once the registry is closed."""
@@ -91,6 +94,8 @@ class ListenerRegistry:
                 return False
             reg.seq = next(self._seq)
             reg.live = True
+            if reg.kind != FUTURE:
+                self.callbacks += 1
             reg.remove = lambda: self._discard_quiet(reg)
             if reg.event_type is None:
                 self._every = self._every + (reg,)
@@ -104,6 +109,8 @@ class ListenerRegistry:
             if not reg.live:
                 return False
             reg.live = False
+            if reg.kind != FUTURE:
+                self.callbacks -= 1
             if reg.event_type is None:
                 self._every = tuple(r for r in self._every if r is not reg)
                 return True
@@ -150,6 +157,7 @@ class ListenerRegistry:
                 regs.extend(typed)
             self._every = ()
             self._by_type = {}
+            self.callbacks = 0
             for reg in regs:
                 reg.live = False
         return regs

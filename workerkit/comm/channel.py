@@ -140,7 +140,7 @@ class ProcessCommChannel:
         _check_type(event_type)
         if callback is not None:
             return self._add(event_type, ONCE, callback)
-        future: Future[CommEvent] = Future()
+        future: Future[CommEvent] = _DrivenFuture(self._endpoint)
         reg = Registration(self, event_type, FUTURE, future=future)
         if not self._endpoint.register(reg):
             future.set_exception(self._endpoint.closed_error())
@@ -184,3 +184,26 @@ class ProcessCommChannel:
 def _check_type(event_type: object) -> None:
     if not isinstance(event_type, str):
         raise TypeError(f"event type must be a str, not {type(event_type).__name__}")
+
+
+class _DrivenFuture(Future[CommEvent]):
+    """A ``listen_once`` future whose waiter reads the pipe itself when it can.
+
+    ``result()``/``exception()`` first let the calling thread read and dispatch frames
+    (:meth:`Endpoint.drive`), saving the reader-thread-to-waiter hand-off on a round trip;
+    the reader thread still resolves it otherwise (callbacks, ``concurrent.futures.wait``).
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+
+    def result(self, timeout: Optional[float] = None) -> CommEvent:
+        if not self.done():
+            timeout = self._endpoint.drive(self, timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        if not self.done():
+            timeout = self._endpoint.drive(self, timeout)
+        return super().exception(timeout)
