@@ -7,6 +7,8 @@ Workloads (2 workers everywhere):
 3. latency     - channel round trip parent -> child -> parent: median and p99 (us)
 4. start-up    - a 2-worker pool until both workers finished a first item, per start method
 5. CPU-bound   - 10 ms busy items: busy fraction = child CPU time / (2 x wall time)
+6. chunked map - ``WorkPool.map(chunksize=c)`` beside ``Pool.map``'s default chunking, both
+                 timed from the call (start-up included); only if ``map`` has ``chunksize``
 
 Rows are interleaved (A B C ... A B C ...) so machine drift hits all alike; each figure
 is the median of the repeats. Every result is checked (a wrong answer exits non-zero:
@@ -342,6 +344,58 @@ def map_rows(
 
 
 ALL_PEERS = ("billiard", "pebble", "ppe", "mpire", "loky")
+
+
+def pool_map_chunksize(n: int, workers: int = WORKERS) -> int:
+    """The chunksize ``multiprocessing.Pool.map`` picks by default for ``n`` items."""
+    chunksize, extra = divmod(n, workers * 4)
+    return chunksize + 1 if extra else chunksize
+
+
+def wk_map_supports_chunksize() -> bool:
+    import inspect
+
+    return "chunksize" in inspect.signature(WorkPool.map).parameters
+
+
+def cold_wk_map(method: str, chunksize: int) -> MapRun:
+    """``WorkPool.map(..., chunksize=c)`` from the call to its last result (start-up included)."""
+    def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
+        n = len(items)
+        values: List[Any] = []
+        elapsed = None
+        start = time.perf_counter()
+        results = WorkPool.map(fn, items, max_workers=WORKERS, start_method=method,  # type: ignore[call-arg]
+                               chunksize=chunksize)
+        try:
+            for value in results:
+                values.append(value)
+                if len(values) == n:
+                    elapsed = time.perf_counter() - start
+        finally:
+            results.close()  # type: ignore[attr-defined]
+        check(elapsed is not None, f"WorkPool.map yielded {len(values)} of {n} results")
+        assert elapsed is not None
+        return elapsed, values
+    return run
+
+
+def cold_pool_map(method: str) -> MapRun:
+    """``Pool(2)`` created, then ``map`` with its default chunking (start-up included)."""
+    def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
+        start = time.perf_counter()
+        pool = multiprocessing.get_context(method).Pool(WORKERS)
+        try:
+            values = pool.map(fn, items)
+            elapsed = time.perf_counter() - start
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+        return elapsed, values
+    return run
 
 
 def run_map_workload(
@@ -723,7 +777,7 @@ def main() -> None:
                         help="small run for CI (checks results only, < 1 min)")
     parser.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per row (default 3; quick 1)")
-    parser.add_argument("--only", default="tiny,payload,latency,startup,cpu",
+    parser.add_argument("--only", default="tiny,payload,latency,startup,cpu,chunked",
                         help="comma-separated workloads to run (default: all)")
     args = parser.parse_args()
     quick = args.quick
@@ -733,6 +787,7 @@ def main() -> None:
     payload_n = 20 if quick else 200
     trips = 300 if quick else 20_000
     cpu_n = 20 if quick else 200
+    chunked_n = 20_000 if quick else 400_000
     startup_repeats = args.repeats or (1 if quick else 5)
     methods = [m for m in ("fork", "forkserver") if m in multiprocessing.get_all_start_methods()]
     available = multiprocessing.get_all_start_methods()
@@ -915,6 +970,40 @@ def main() -> None:
                             table(["workerkit", "peer", "busy ratio", "in-fn ratio"], cpu_lines)))
         report["workloads"]["cpu"] = {"items": cpu_n, "item_cpu_seconds": CPU_ITEM_SECONDS, "loops": loops,
                                       "unit": "items/s", "rows": [r.to_json() for r in rows]}
+
+    # 6. chunked map -------------------------------------------------------------------------
+    if "chunked" in only and not wk_map_supports_chunksize():
+        h.note("this workerkit's WorkPool.map has no chunksize option: the chunked workload is skipped")
+    elif "chunked" in only:
+        chunk = pool_map_chunksize(chunked_n)
+        print(f"\n## 6. chunked map: {chunked_n:,} no-op items, chunksize {chunk:,} "
+              "(Pool.map's default), from the call to the last result, start-up included", flush=True)
+        rows = []
+        for m in methods:
+            rows.append(Row(f"workerkit.map.chunked/{m}", f"WorkPool.map(chunksize={chunk})", m, True,
+                            cold_wk_map(m, chunk)))
+            rows.append(Row(f"mp.Pool.map/{m}", "multiprocessing.Pool(2).map (default chunks)", m, False,
+                            cold_pool_map(m)))
+        numbers = list(range(chunked_n))
+
+        def verify_chunked(values: List[Any]) -> None:
+            check(values == numbers, "the results are not the items, in order")
+
+        run_map_workload(h, rows, _tasks.noop, [], numbers, verify_chunked, lambda s: chunked_n / s, repeats)
+        show("chunked map: items/s (higher is better)", rate_table(rows, "items/s"))
+        by = {r.key: r for r in rows}
+        ch_lines = []
+        for m in methods:
+            o, p = by[f"workerkit.map.chunked/{m}"], by[f"mp.Pool.map/{m}"]
+            if o.median and p.median:
+                ratio = p.median / o.median  # time ratio: workerkit's time / Pool.map's time
+                ch_lines.append([f"{p.label} [{m}]", f"{o.median / p.median:.2f}x"])
+                summary.append([f"chunked: WorkPool.map(chunksize) time vs Pool.map [{m}]", "<= 1.2x",
+                                f"{ratio:.2f}x", "yes" if ratio <= 1.2 else "no"])
+        ratios_text.append(("chunked map, items/s: workerkit / peer (> 1: workerkit faster)",
+                            table(["peer", "ratio"], ch_lines)))
+        report["workloads"]["chunked"] = {"items": chunked_n, "chunksize": chunk, "unit": "items/s",
+                                          "rows": [r.to_json() for r in rows]}
 
     # ratios and targets -------------------------------------------------------------------
     print("\n## workerkit's ratio to each peer")
