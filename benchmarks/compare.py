@@ -712,6 +712,10 @@ def machine() -> Dict[str, Any]:
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=5).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "workerkit"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit != "?" and dirty:
+            commit += " + uncommitted changes in workerkit/"
     except Exception:
         commit = "?"
     import workerkit as wk
