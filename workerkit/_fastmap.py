@@ -25,7 +25,17 @@ import pickle
 import select
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ._function_child import BATCH, BATCH_RESULT, CALL, ERROR, INIT_ERROR, PROTOCOL, READY, RESULT
+from ._function_child import (
+    BATCH,
+    BATCH_RESULT,
+    BATCH_VALUES,
+    CALL,
+    ERROR,
+    INIT_ERROR,
+    PROTOCOL,
+    READY,
+    RESULT,
+)
 from .errors import ChannelClosedError, RemoteError, WorkerKitError
 
 __all__ = ["pipelined_map"]
@@ -49,14 +59,9 @@ class _Child:
 
     def fail_all(self) -> ChannelClosedError:
         """End the (dead) child and describe how it ended."""
-        worker = self.worker
-        worker.channel.destroy(timeout=1.0)
-        code = worker.channel.exitcode
-        return ChannelClosedError(
-            f"the map worker's child (pid {worker.id}) ended with exit code {code} "
-            "while running this item",
-            exitcode=code,
-        )
+        from .util import child_ended
+
+        return child_ended(self.worker.channel, "the map worker")
 
 
 class _Driver:
@@ -223,6 +228,8 @@ def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
             return (True, pickle.loads(frame[1:]))
         except Exception as exc:  # the result could not be unpickled here
             return (False, exc)
+    if tag == BATCH_VALUES:
+        return _Values(pickle.loads(frame[1:]))
     if tag == BATCH_RESULT:
         return [(ok, value if ok else RemoteError(*value)) for ok, value in pickle.loads(frame[1:])]
     if tag == ERROR:
@@ -268,8 +275,15 @@ def _failed_frame(error: BaseException, chunksize: int) -> Any:
     return [(False, error)] if chunksize > 1 else (False, error)
 
 
+class _Values(list):  # type: ignore[type-arg]
+    """A chunk whose items all succeeded: plain values, no per-item status."""
+
+
 def _unpack(result: Any) -> Iterator[Any]:
     """Yield the value(s) of one frame's result; raise the first error."""
+    if type(result) is _Values:
+        yield from result
+        return
     items = result if isinstance(result, list) else [result]
     for ok, value in items:
         if not ok:

@@ -13,7 +13,8 @@ Frames (``send_bytes`` payloads)::
                       b"!" + pickle((message, type, tb)) the initializer failed
                       b"K"                              ready: the initializer is done
     parent -> child   b"B" + pickle([item, ...])        call fn on each item of a chunk
-    child -> parent   b"S" + pickle([(ok, value_or_error_description), ...])
+    child -> parent   b"V" + pickle([value, ...])           every item of the chunk succeeded
+                      b"S" + pickle([(ok, value_or_error_description), ...])  some failed
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ INIT_ERROR = b"!"
 READY = b"K"
 BATCH = b"B"
 BATCH_RESULT = b"S"
+BATCH_VALUES = b"V"
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 __all__ = [
-    "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "PROTOCOL",
+    "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "BATCH_VALUES", "PROTOCOL",
     "describe_error", "function_main",
 ]
 
@@ -75,7 +77,7 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
         frame = recv()
         try:
             if frame[:1] == BATCH:
-                reply = _chunk_reply(_run_chunk(fn, loads(frame[1:])))
+                reply = _chunk_reply(fn, loads(frame[1:]))
             else:
                 reply = RESULT + dumps(fn(loads(frame[1:])), PROTOCOL)
         except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
@@ -83,28 +85,20 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
         send(reply)
 
 
-def _run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Tuple[bool, Any]]:
-    """Run ``fn`` on each item of a chunk; an item's error never stops the others."""
+def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> bytes:
+    """Run ``fn`` on each item of a chunk. The common case (no error) sends the plain list
+    of values; otherwise every item gets its own ``(ok, value or error)``, so one item's
+    error (or unpicklable result) never costs the others theirs."""
+    try:
+        return BATCH_VALUES + pickle.dumps([fn(item) for item in items], PROTOCOL)
+    except Exception:
+        pass
     results: List[Tuple[bool, Any]] = []
     for item in items:
         try:
-            results.append((True, fn(item)))
+            value = fn(item)
+            pickle.dumps(value, PROTOCOL)
+            results.append((True, value))
         except Exception as exc:
             results.append((False, describe_error(exc)))
-    return results
-
-
-def _chunk_reply(results: List[Tuple[bool, Any]]) -> bytes:
-    """Pickle a chunk's results; a result that cannot be pickled fails only its own item."""
-    try:
-        return BATCH_RESULT + pickle.dumps(results, PROTOCOL)
-    except Exception:
-        checked: List[Tuple[bool, Any]] = []
-        for ok, value in results:
-            if ok:
-                try:
-                    pickle.dumps(value, PROTOCOL)
-                except Exception as exc:
-                    ok, value = False, describe_error(exc)
-            checked.append((ok, value))
-        return BATCH_RESULT + pickle.dumps(checked, PROTOCOL)
+    return BATCH_RESULT + pickle.dumps(results, PROTOCOL)

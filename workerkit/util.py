@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple
 from ._function_child import (
     BATCH,
     BATCH_RESULT,
+    BATCH_VALUES,
     CALL,
     ERROR,
     INIT_ERROR,
@@ -77,7 +78,36 @@ def _check_init_timeout(init_timeout: Optional[float]) -> None:
         raise ValueError(f"init_timeout must be > 0 seconds (or None for no limit), got {init_timeout!r}")
 
 
-class _SpawnedWorker(Worker[X, R]):
+class ChannelWorker(Worker[X, R]):
+    """A worker backed by one child process: ``id``/``pid`` and ``active`` come from its
+    channel (``active`` turns false when the child dies, so the pool replaces it)."""
+
+    channel: ParentCommChannel
+
+    @property
+    def id(self) -> Any:
+        return self.channel.id
+
+    @property
+    def pid(self) -> int:
+        return int(self.channel.id)
+
+    @property
+    def active(self) -> bool:  # type: ignore[override]
+        return self.channel.active
+
+
+def child_ended(channel: ParentCommChannel, what: str) -> ChannelClosedError:
+    """End (reap) a child whose pipe broke and describe how it ended, with its exit code."""
+    channel.destroy(timeout=1.0)
+    code = channel.exitcode
+    return ChannelClosedError(
+        f"{what}'s child (pid {channel.id}) ended with exit code {code} while running this item",
+        exitcode=code,
+    )
+
+
+class _SpawnedWorker(ChannelWorker[X, R]):
     """A worker whose handlers converse with a child process over a channel."""
 
     def __init__(
@@ -95,18 +125,6 @@ class _SpawnedWorker(Worker[X, R]):
         self._destroy = destroy
         self._init_timeout = init_timeout
         self._destroyed = False
-
-    @property
-    def id(self) -> Any:
-        return self.channel.id
-
-    @property
-    def pid(self) -> int:
-        return int(self.channel.id)
-
-    @property
-    def active(self) -> bool:  # type: ignore[override]
-        return self.channel.active
 
     def init(self) -> None:
         if self._init is None:
@@ -178,7 +196,7 @@ def check_function_target(fn: Callable[..., Any], start_method: Optional[str]) -
         ) from exc
 
 
-class _FunctionWorker(Worker[X, R]):
+class _FunctionWorker(ChannelWorker[X, R]):
     """A child process that runs ``fn(item)``; one frame out, one frame back per item."""
 
     def __init__(self, channel: ParentCommChannel, init_timeout: Optional[float]):
@@ -186,18 +204,6 @@ class _FunctionWorker(Worker[X, R]):
         self.channel = channel
         self._conn = channel.connection
         self._init_timeout = init_timeout
-
-    @property
-    def id(self) -> Any:
-        return self.channel.id
-
-    @property
-    def pid(self) -> int:
-        return int(self.channel.id)
-
-    @property
-    def active(self) -> bool:  # type: ignore[override]
-        return self.channel.active
 
     def init(self) -> None:
         """Wait for the child's ready frame (or its initializer's error)."""
@@ -238,6 +244,8 @@ class _FunctionWorker(Worker[X, R]):
         frame = self._recv()
         if frame[:1] == ERROR:
             raise _remote_error(frame)
+        if frame[:1] == BATCH_VALUES:
+            return [(True, value) for value in pickle.loads(frame[1:])]
         if frame[:1] != BATCH_RESULT:
             raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
         return [
@@ -255,14 +263,7 @@ class _FunctionWorker(Worker[X, R]):
             raise self._closed() from None
 
     def _closed(self) -> ChannelClosedError:
-        """The child died: report its exit code."""
-        self.channel.destroy(timeout=1.0)
-        code = self.channel.exitcode
-        return ChannelClosedError(
-            f"the function worker's child (pid {self.channel.id}) ended with exit code {code} "
-            "while running this item",
-            exitcode=code,
-        )
+        return child_ended(self.channel, "the function worker")
 
 
 def _remote_error(frame: bytes, prefix: str = "") -> RemoteError:
@@ -270,24 +271,13 @@ def _remote_error(frame: bytes, prefix: str = "") -> RemoteError:
     return RemoteError(prefix + message, remote_type, remote_tb)
 
 
-class _ChunkWorker(Worker[Sequence[X], List[Tuple[bool, Any]]]):
+class _ChunkWorker(ChannelWorker[Sequence[X], List[Tuple[bool, Any]]]):
     """A function worker fed whole chunks: each execute is one round trip for many items."""
 
     def __init__(self, inner: _FunctionWorker[X, Any]):
         super().__init__()
         self.inner = inner
-
-    @property
-    def id(self) -> Any:
-        return self.inner.id
-
-    @property
-    def pid(self) -> int:
-        return self.inner.pid
-
-    @property
-    def active(self) -> bool:  # type: ignore[override]
-        return self.inner.active
+        self.channel = inner.channel
 
     def init(self) -> None:
         self.inner.init()
