@@ -173,6 +173,9 @@ class WorkPool(Generic[X, R]):
         self._runs: Set[Run[Any, Any]] = set()
         self._errors: List[Outcome[X, R]] = []
         self._timer: Optional[threading.Thread] = None
+        # Every thread the pool started and still running, and whether shutdown(wait=True)
+        # must join it (not a slot thread abandoned in an execute that may never return).
+        self._threads: Dict[threading.Thread, bool] = {}
         self._alive = self._busy = 0
         self._created = self._destroyed = self._completed = self._failed = 0
         self._creation_failures = 0  # in a row; reset by a worker created successfully
@@ -268,7 +271,6 @@ class WorkPool(Generic[X, R]):
                 slot.state = RETIRED
                 self._slots.discard(slot)
             busy = [s for s in self._slots if s.state == BUSY]
-            threads = [s.thread for s in idle + busy if s.thread is not None]
             self._wake_dispatchers_locked(everyone=True)
             self._deadline_set.notify_all()
         for slot in idle:
@@ -277,14 +279,22 @@ class WorkPool(Generic[X, R]):
             for slot in busy:
                 self._abandon(slot, PoolClosedError(
                     "the pool was shut down with wait=False while this item was running"))
-        timer = self._timer
-        if timer is not None:
-            threads.append(timer)
         if wait:
-            me = threading.current_thread()
-            for thread in threads:
-                if thread is not me:
-                    thread.join()
+            self._join_threads()
+
+    def _join_threads(self) -> None:
+        """Join every pool thread (slots, worker destroyers, the timer) until none is left,
+        so no worker and no child outlives ``shutdown(wait=True)``."""
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                for thread in [t for t in self._threads if not t.is_alive()]:
+                    del self._threads[thread]  # the timer ends without unregistering itself
+                pending = [t for t, join in self._threads.items() if join and t is not me]
+            if not pending:
+                return
+            for thread in pending:
+                thread.join()
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's workers and item counts."""
@@ -495,12 +505,24 @@ class WorkPool(Generic[X, R]):
                     self._waiters.remove(wakeup)  # timed out: nobody signalled us
                 elif not woken:
                     wakeup.acquire()  # signalled just as we timed out: consume it
-        thread = threading.Thread(
-            target=self._slot_main, args=(slot,), name=f"workerkit-worker-{slot.number}", daemon=True
-        )
-        slot.thread = thread
-        thread.start()
+        slot.thread = self._start_thread(self._slot_main, slot, name=f"workerkit-worker-{slot.number}")
         return slot
+
+    def _start_thread(self, target: Callable[[Any], None], arg: Any, *, name: str) -> threading.Thread:
+        """Start a pool thread that shutdown(wait=True) will join."""
+
+        def run() -> None:
+            try:
+                target(arg)
+            finally:
+                with self._lock:
+                    self._threads.pop(thread, None)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        with self._lock:
+            self._threads[thread] = True
+        thread.start()
+        return thread
 
     def _wake_dispatchers_locked(self, everyone: bool = False) -> None:
         """Wake one waiting dispatcher (all of them on shutdown). Call with the lock held."""
@@ -588,7 +610,10 @@ class WorkPool(Generic[X, R]):
 
     def _run_job(self, slot: Slot, job: Job) -> bool:
         """Execute one job in ``slot``; return False when the slot's thread must exit."""
+        slot.running = job  # visible to shutdown(wait=False), which may fail it from outside
         failed_start = self._ensure_worker(slot)
+        if job.settled:  # failed by shutdown(wait=False) while its worker was being made
+            return False
         if failed_start is not None:  # the item that waited for the worker fails with its error
             return self._finish(slot, job, None, failed_start, 0.0, created=False)
         execute = slot.execute
@@ -747,12 +772,7 @@ class WorkPool(Generic[X, R]):
         with self._lock:
             slots = list(self._slots)
         workers = [w for w in (self._take_worker(s) for s in slots) if w is not None]
-        threads = [
-            threading.Thread(target=self._destroy_worker, args=(w,), name="workerkit-destroy", daemon=True)
-            for w in workers
-        ]
-        for thread in threads:
-            thread.start()
+        threads = [self._start_thread(self._destroy_worker, w, name="workerkit-destroy") for w in workers]
         for thread in threads:
             thread.join()
 
@@ -771,11 +791,11 @@ class WorkPool(Generic[X, R]):
             self._slots.discard(slot)
             self._wake_dispatchers_locked()
             worker_id = slot.worker_id
+            if slot.thread is not None and slot.thread in self._threads:
+                self._threads[slot.thread] = False  # stuck in execute: never wait for it
         worker = self._take_worker(slot)
         if worker is not None:
-            threading.Thread(
-                target=self._destroy_worker, args=(worker,), name="workerkit-destroy", daemon=True
-            ).start()
+            self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
         job.run.failure(job.index, job.item, error, worker_id, float(self._task_timeout or 0.0))
 
     # ------------------------------------------------------------------ task timeouts
@@ -787,6 +807,7 @@ class WorkPool(Generic[X, R]):
             slot.deadline = time.monotonic() + self._task_timeout
             if self._timer is None:
                 self._timer = threading.Thread(target=self._timer_main, name="workerkit-timeout", daemon=True)
+                self._threads[self._timer] = True
                 self._timer.start()
             elif self._timer_waiting:
                 self._deadline_set.notify()
