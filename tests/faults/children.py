@@ -98,9 +98,6 @@ def pid_of(_item: Any) -> int:
     return os.getpid()
 
 
-def sleep_and_pid(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
 
 
 def pidfile_then_sleep(args: Tuple[str, float]) -> int:
@@ -143,8 +140,6 @@ def leak_20mb(_item: Any) -> int:
     return os.getpid()
 
 
-def length(data: bytes) -> int:
-    return len(data)
 
 
 def echo(data: Any) -> Any:
@@ -155,15 +150,6 @@ def sleep_forever(_seconds: float = 1000.0) -> None:
     time.sleep(_seconds)
 
 
-def soak_item(item: Tuple[int, int]) -> int:
-    """Soak benchmark: ``(index, kill)``; kill 1 = ``os._exit(1)``, 2 = SIGKILL self."""
-    index, kill = item
-    if kill == 1:
-        os._exit(1)
-    if kill == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(10)
-    return index
 
 
 # ---------------------------------------------------------------------- spawned worker
