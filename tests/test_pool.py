@@ -853,7 +853,7 @@ def test_keyboard_interrupt_from_the_source_destroys_workers_and_propagates() ->
     assert pool.stats().destroyed == 2
 
 
-CTRL_C_SCRIPT = """
+CTRL_C_SCRIPT = r"""
 import signal, sys, threading
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from workerkit import Worker, WorkPool
@@ -864,12 +864,14 @@ class Blocking(Worker):
         self.stop = threading.Event()
 
     def execute(self, item):
-        print("started", flush=True)
+        sys.stdout.write("started\n")  # one write: two threads' prints never interleave
+        sys.stdout.flush()
         self.stop.wait(20)   # like a child process that only ends when destroyed
         return item
 
     def destroy(self):
-        print("destroyed", flush=True)
+        sys.stdout.write("destroyed\n")
+        sys.stdout.flush()
         self.stop.set()
 
 with WorkPool(Blocking, max_workers=2) as pool:

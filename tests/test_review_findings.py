@@ -1,18 +1,17 @@
-"""Failing tests for concurrency bugs found in review (each xfail(strict) until fixed)."""
+"""Regression tests for concurrency bugs found in review: each failed before its fix."""
 
 from __future__ import annotations
 
 import threading
 import time
 from concurrent.futures import CancelledError
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, List
 
 import pytest
 
-from workerkit import WorkPool, Worker, WorkTimeoutError
-from workerkit.comm import ParentCommChannel
 from tests.children.behaviours import listening, sleeper
+from workerkit import Worker, WorkPool, WorkTimeoutError
+from workerkit.comm import ParentCommChannel
 
 
 class _Boom(BaseException):
@@ -36,8 +35,6 @@ class _Nap(Worker[Any, Any]):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="pool.py:627 catches only Exception: a BaseException from "
-                   "execute kills the slot thread without settling the job; process() waits forever")
 def test_base_exception_in_execute_does_not_hang_process() -> None:
     pool: WorkPool[Any, Any] = WorkPool(_RaisesBaseException, max_workers=1)
     future = pool.start([1], raise_on_error=False)
@@ -84,9 +81,6 @@ class _SlowInitHang(Worker[Any, Any]):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="pool.py:819 the timeout timer exits once closed with no "
-                   "deadline set, but self._timer stays set, so a deadline set later (worker still "
-                   "in init at shutdown) is never enforced and shutdown(wait=True) waits the full execute")
 def test_task_timeout_enforced_for_item_whose_worker_was_starting_at_shutdown() -> None:
     pool: WorkPool[Any, Any] = WorkPool(_FastSlowFactory(), max_workers=2, task_timeout=1.0)
     pool.process(["warm"])  # starts the timer thread
@@ -101,8 +95,6 @@ def test_task_timeout_enforced_for_item_whose_worker_was_starting_at_shutdown() 
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="pool.py:589-597 idle_timeout=0 with min_workers kept warm: "
-                   "acquire(timeout=0) fails at once and the loop `continue`s: a busy spin on the pool lock")
 def test_idle_timeout_zero_does_not_spin() -> None:
     pool: WorkPool[Any, Any] = WorkPool(_Echo, max_workers=2, min_workers=1, idle_timeout=0)
     try:
@@ -117,8 +109,6 @@ def test_idle_timeout_zero_does_not_spin() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="_run.py:71-76 success() computes done from counters it "
-                   "increments only after the (slow) progress call: concurrent items report the same done")
 def test_progress_callable_reaches_total() -> None:
     seen: List[int] = []
 
@@ -132,9 +122,6 @@ def test_progress_callable_reaches_total() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="_endpoint.py:173-178 drive() blocks in poll(None) and "
-                   "only re-checks future.done() after a frame: cancelling the future (release()) "
-                   "does not wake the thread in result()")
 def test_cancelled_listen_once_future_wakes_its_waiter() -> None:
     channel = ParentCommChannel.spawn(sleeper, start_method="fork")
     try:
@@ -163,9 +150,6 @@ def test_cancelled_listen_once_future_wakes_its_waiter() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="_endpoint.py:173 drive() checks registry.callbacks only "
-                   "between frames, so a listener registered while a thread waits in result() runs on "
-                   "that caller's thread, not the channel's reader thread")
 def test_callbacks_run_on_reader_thread_while_a_future_is_waited_on() -> None:
     channel = ParentCommChannel.spawn(listening, start_method="fork")
     try:

@@ -41,7 +41,10 @@ from .errors import ChannelClosedError, RemoteError, WorkerKitError
 __all__ = ["pipelined_map"]
 
 DEPTH = 4  # frames queued per child: enough to hide a round trip, small enough to stay lazy
-_BIG_FRAME = 1 << 16  # bigger frames go only to idle children (no write/write deadlock)
+# Bigger frames go only to idle children, and at most DEPTH - 1 small ones (48 KiB) wait
+# in a busy child's socket buffer: the parent never blocks writing to a child that is
+# itself blocked writing a large result (no write/write deadlock).
+_BIG_FRAME = 1 << 14
 
 # A result slot: (ok, value or exception) for one item, or a whole chunk's list of those.
 Result = Tuple[bool, Any]

@@ -42,6 +42,7 @@ class Run(Generic[X, R]):
         # Guards against a lost wake-up between "pending > 0" and the caller's wait.
         self._idle = threading.Condition(self.lock)
         self._progress_lock = threading.Lock()
+        self.reported = 0  # items reported to progress, under _progress_lock
         self.stopping = False
         # The dispatcher's wake-up signal while it waits for a free slot (pre-acquired).
         self.wakeup = threading.Lock()
@@ -69,9 +70,7 @@ class Run(Generic[X, R]):
             if self.sink is not None:
                 self.sink(outcome)
         if self.progress is not None:
-            with self.lock:
-                done = self.completed + self.failed + 1
-            self._advance(done)
+            self._advance()
         with self.lock:
             self.completed += 1
             self._notify_if_idle()
@@ -85,11 +84,11 @@ class Run(Generic[X, R]):
             self.failures.append(outcome)
             if self.first_error is None:
                 self.first_error = error
-            done = self.completed + len(self.failures)
         self._call(self.on_error, outcome)
         if self.sink is not None:
             self.sink(outcome)
-        self._advance(done)
+        if self.progress is not None:
+            self._advance()
         with self.lock:
             self.failed += 1
             self._notify_if_idle()
@@ -132,11 +131,14 @@ class Run(Generic[X, R]):
         if self.completed + self.failed >= self.submitted:
             self._idle.notify_all()
 
-    def _advance(self, done: int) -> None:
-        if self.progress is not None:
-            # Progress reporters (tqdm) are not thread-safe: one update at a time.
-            with self._progress_lock:
-                self.progress.update(done)
+    def _advance(self) -> None:
+        """Report one more finished item (its own count: items finishing together never
+        report the same number, and the last report is the total)."""
+        assert self.progress is not None
+        # Progress reporters (tqdm) are not thread-safe: one update at a time.
+        with self._progress_lock:
+            self.reported += 1
+            self.progress.update(self.reported)
 
     @staticmethod
     def _call(callback: Optional[Callable[[Outcome[X, R]], Any]], outcome: Outcome[X, R]) -> None:
@@ -144,5 +146,5 @@ class Run(Generic[X, R]):
             return
         try:
             callback(outcome)
-        except Exception:
+        except BaseException:  # even SystemExit: a callback must never strand the item
             logger.exception("workerkit: callback %r raised for item %d", callback, outcome.index)

@@ -22,7 +22,7 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class Job:
     """One pulled item on its way through a slot."""
 
-    __slots__ = ("index", "item", "run", "settled")
+    __slots__ = ("index", "item", "run", "settled", "started")
 
     def __init__(self, index: int, item: Any, run: Any):
         self.index = index
@@ -31,6 +31,7 @@ class Job:
         # Set (under the pool lock) by whoever records the item's outcome first: the slot
         # thread, the timeout timer, or ``shutdown(wait=False)``. Prevents double counting.
         self.settled = False
+        self.started = 0.0  # perf_counter() when its execute began
 
 
 class Slot:

@@ -277,7 +277,7 @@ class WorkPool(Generic[X, R]):
             slot.assign(STOP)
         if not wait:
             for slot in busy:
-                self._abandon(slot, PoolClosedError(
+                self._abandon(slot, slot.running, PoolClosedError(
                     "the pool was shut down with wait=False while this item was running"))
         if wait:
             self._join_threads()
@@ -293,8 +293,8 @@ class WorkPool(Generic[X, R]):
                 pending = [t for t, join in self._threads.items() if join and t is not me]
             if not pending:
                 return
-            for thread in pending:
-                thread.join()
+            # In slices: a slot abandoned meanwhile (task_timeout) must stop being waited for.
+            pending[0].join(_WAIT_SLICE)
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's workers and item counts."""
@@ -471,7 +471,9 @@ class WorkPool(Generic[X, R]):
                 if isinstance(exc, StopIteration):
                     return
                 raise
-            slot.assign(Job(run.submit(), item, run))
+            job = Job(run.submit(), item, run)
+            slot.running = job  # before the hand-off: shutdown(wait=False) can fail it at once
+            slot.assign(job)
 
     def _acquire_slot(self, run: Run[X, R], take: bool = True) -> Optional[Slot]:
         """A free slot (idle, or new while below ``max_workers``); None once stopping.
@@ -492,24 +494,37 @@ class WorkPool(Generic[X, R]):
                     return slot
                 if len(self._slots) < self._max_workers:
                     slot = self._new_slot_locked()
+                    # Registered under the same lock as the slot, so shutdown joins it.
+                    thread = self._new_thread_locked(
+                        self._slot_main, slot, name=f"workerkit-worker-{slot.number}"
+                    )
+                    slot.thread = thread
                     break
                 self._waiters.append(wakeup)
                 self._lock.release()
+                woken = False
                 try:
                     # Bounded, so a stop request is seen even if no slot ever comes back.
                     woken = wakeup.acquire(timeout=_WAIT_SLICE)
                 finally:
                     # Re-taken even when Ctrl-C interrupts the wait: the with-block releases it.
                     self._lock.acquire()
-                if wakeup in self._waiters:
-                    self._waiters.remove(wakeup)  # timed out: nobody signalled us
-                elif not woken:
-                    wakeup.acquire()  # signalled just as we timed out: consume it
-        slot.thread = self._start_thread(self._slot_main, slot, name=f"workerkit-worker-{slot.number}")
+                    if wakeup in self._waiters:
+                        self._waiters.remove(wakeup)  # timed out or interrupted: not signalled
+                    elif not woken:
+                        wakeup.acquire()  # signalled just as we stopped waiting: consume it
+        thread.start()
         return slot
 
     def _start_thread(self, target: Callable[[Any], None], arg: Any, *, name: str) -> threading.Thread:
         """Start a pool thread that shutdown(wait=True) will join."""
+        with self._lock:
+            thread = self._new_thread_locked(target, arg, name=name)
+        thread.start()
+        return thread
+
+    def _new_thread_locked(self, target: Callable[[Any], None], arg: Any, *, name: str) -> threading.Thread:
+        """A pool thread, registered for ``_join_threads`` but not started. Lock held."""
 
         def run() -> None:
             try:
@@ -519,9 +534,7 @@ class WorkPool(Generic[X, R]):
                     self._threads.pop(thread, None)
 
         thread = threading.Thread(target=run, name=name, daemon=True)
-        with self._lock:
-            self._threads[thread] = True
-        thread.start()
+        self._threads[thread] = True
         return thread
 
     def _wake_dispatchers_locked(self, everyone: bool = False) -> None:
@@ -594,6 +607,7 @@ class WorkPool(Generic[X, R]):
                     timeout = -1.0  # the dispatcher just took this slot: the job is on its way
                     continue
                 if slot.worker is not None and self._alive <= self._min_workers:
+                    timeout = max(timeout, _WAIT_SLICE)  # never spin, even with idle_timeout=0
                     continue  # keep min_workers warm: no churn
                 slot.state = RETIRED
                 self._idle.remove(slot)
@@ -610,7 +624,6 @@ class WorkPool(Generic[X, R]):
 
     def _run_job(self, slot: Slot, job: Job) -> bool:
         """Execute one job in ``slot``; return False when the slot's thread must exit."""
-        slot.running = job  # visible to shutdown(wait=False), which may fail it from outside
         failed_start = self._ensure_worker(slot)
         if job.settled:  # failed by shutdown(wait=False) while its worker was being made
             return False
@@ -620,11 +633,11 @@ class WorkPool(Generic[X, R]):
         assert execute is not None
         if self._task_timeout is not None:
             self._set_deadline(slot, job)
-        started = time.perf_counter()
+        job.started = started = time.perf_counter()
         try:
             value = execute(job.item)
             error: Optional[BaseException] = None
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit & co. fail the item, never the pool
             value, error = None, exc
         duration = time.perf_counter() - started
         return self._finish(slot, job, value, error, duration, created=True)
@@ -636,8 +649,9 @@ class WorkPool(Generic[X, R]):
         """Release or recycle the worker, return the slot, then record the outcome."""
         worker_id = slot.worker_id
         if created:
-            if slot.release is not None:
-                self._release(slot)
+            release = slot.release
+            if release is not None:
+                self._release(slot, release)
             slot.tasks += 1
             if self._must_recycle(slot):
                 self._discard_worker(slot)
@@ -714,9 +728,7 @@ class WorkPool(Generic[X, R]):
             self._alive += 1
             self._creation_failures = 0
 
-    def _release(self, slot: Slot) -> None:
-        release = slot.release
-        assert release is not None
+    def _release(self, slot: Slot, release: Callable[[], Any]) -> None:
         try:
             release()
         except Exception:
@@ -776,13 +788,12 @@ class WorkPool(Generic[X, R]):
         for thread in threads:
             thread.join()
 
-    def _abandon(self, slot: Slot, error: BaseException) -> None:
-        """Fail the slot's running item with ``error`` and destroy its worker; the slot's
-        thread (stuck in execute) exits on its own when execute returns."""
+    def _abandon(self, slot: Slot, job: Optional[Job], error: BaseException) -> None:
+        """Fail ``job`` (still the slot's running item) with ``error`` and destroy its
+        worker; the slot's thread (stuck in execute) exits on its own when execute returns."""
         with self._lock:
-            job = slot.running
-            if job is None or job.settled:
-                return
+            if job is None or job.settled or slot.running is not job:
+                return  # finished meanwhile: never fail the slot's next item instead
             job.settled = True
             slot.deadline = None
             self._busy -= 1
@@ -796,7 +807,8 @@ class WorkPool(Generic[X, R]):
         worker = self._take_worker(slot)
         if worker is not None:
             self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
-        job.run.failure(job.index, job.item, error, worker_id, float(self._task_timeout or 0.0))
+        ran = time.perf_counter() - job.started if job.started else 0.0
+        job.run.failure(job.index, job.item, error, worker_id, ran)
 
     # ------------------------------------------------------------------ task timeouts
 
@@ -817,17 +829,20 @@ class WorkPool(Generic[X, R]):
         while True:
             with self._lock:
                 if self._closed and not any(s.deadline for s in self._slots):
+                    self._timer = None  # a deadline set later starts a new timer
                     return
                 now = time.monotonic()
-                expired = [s for s in self._slots if s.deadline is not None and s.deadline <= now]
+                expired = [
+                    (s, s.running) for s in self._slots if s.deadline is not None and s.deadline <= now
+                ]
                 if not expired:
                     pending = [s.deadline for s in self._slots if s.deadline is not None]
                     self._timer_waiting = True
                     self._deadline_set.wait(min(pending) - now if pending else _WAIT_SLICE)
                     self._timer_waiting = False
                     continue
-            for slot in expired:
-                self._abandon(slot, WorkTimeoutError(
+            for slot, job in expired:
+                self._abandon(slot, job, WorkTimeoutError(
                     f"item ran longer than task_timeout={self._task_timeout}s; its worker was "
                     "destroyed and replaced (raise task_timeout if the work is legitimately slow)"))
 

@@ -97,14 +97,14 @@ class ChannelWorker(Worker[X, R]):
         return self.channel.active
 
 
-def child_ended(channel: ParentCommChannel, what: str) -> ChannelClosedError:
+def child_ended(
+    channel: ParentCommChannel, what: str, when: str = "while running this item"
+) -> ChannelClosedError:
     """End (reap) a child whose pipe broke and describe how it ended, with its exit code."""
     channel.destroy(timeout=1.0)
     code = channel.exitcode
-    return ChannelClosedError(
-        f"{what}'s child (pid {channel.id}) ended with exit code {code} while running this item",
-        exitcode=code,
-    )
+    message = f"{what}'s child (pid {channel.id}) ended with exit code {code} {when}"
+    return ChannelClosedError(message, exitcode=code)
 
 
 class _SpawnedWorker(ChannelWorker[X, R]):
@@ -212,7 +212,10 @@ class _FunctionWorker(ChannelWorker[X, R]):
                 raise WorkTimeoutError(
                     f"the function worker's child did not start within init_timeout={self._init_timeout}s"
                 )
-            frame = self._recv()
+            try:
+                frame = self._conn.recv_bytes()
+            except (EOFError, OSError):
+                raise child_ended(self.channel, "the function worker", "while starting") from None
             if frame[:1] == INIT_ERROR:
                 raise _remote_error(frame, "the initializer failed in the child: ")
             if frame != READY:

@@ -25,9 +25,10 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from multiprocessing.connection import Connection
-from typing import Callable, Iterable, Optional
+from typing import Callable, Deque, Iterable, Optional
 
 from ..errors import ChannelClosedError
 from ._framing import (
@@ -45,6 +46,10 @@ logger = logging.getLogger("workerkit")
 
 ExitcodeHook = Callable[[float], Optional[int]]
 """Waits up to the given seconds for the peer process to end; returns its exit code."""
+
+# A waiting thread that reads for itself polls in slices this long (ms), to notice its
+# future being cancelled or resolved by someone else.
+_SLICE_MS = 50
 
 # How long the reader waits, after EOF, for the peer's exit code (so errors can carry it).
 _EXIT_CODE_WAIT = 1.0
@@ -76,8 +81,13 @@ class Endpoint:
         # thread waiting on a listen_once future that reads for itself. Keeps frames in order.
         self._read_lock = threading.Lock()
         # Two pollers: select.poll objects refuse concurrent use from two threads.
+        self._data_fd = conn.fileno()
         self._reader_poll = _poller(conn)
         self._waiter_poll = _poller(conn)  # used only with _read_lock held
+        # Frames a waiting thread read but may not dispatch (a callback listener appeared:
+        # callbacks run on the reader thread), and the pipe that wakes the reader for them.
+        self._handoff: Deque[bytes] = deque()
+        self._wake_r = self._wake_w = -1
         self._reader: Optional[threading.Thread] = None
         self._is_closed = False
         self._closed_event = threading.Event()
@@ -131,6 +141,10 @@ class Endpoint:
         with self._state_lock:
             if self._is_closed or self._reader is not None:
                 return
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._reader_poll.register(self._wake_r, select.POLLIN)
             self._reader = threading.Thread(
                 target=self._reader_main, name=f"workerkit-reader-{self.peer_pid}", daemon=True
             )
@@ -146,14 +160,19 @@ class Endpoint:
             if not self._is_closed:
                 self.peer_lost()
             self._close_conn()
+            self._close_wake_pipe()
 
     def _read_next(self) -> bool:
         """Reader thread: wait for data WITHOUT the read lock (so a waiting thread may read
         it itself), then read and dispatch one frame under it; ``False`` once done."""
         try:
-            self._reader_poll.poll()
+            ready = self._reader_poll.poll()
             with self._read_lock:
-                if not self._reader_poll.poll(0):
+                if any(fd == self._wake_r for fd, _ in ready):
+                    _drain(self._wake_r)
+                while self._handoff:  # frames a waiting thread read before us: in order
+                    self._handle_frame(self._handoff.popleft())
+                if not any(fd == self._data_fd for fd, _ in self._reader_poll.poll(0)):
                     return True  # a thread waiting on a future read it first
                 return self._read_one()
         except (OSError, ValueError):  # the connection was closed under the poll
@@ -174,22 +193,36 @@ class Endpoint:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                wait_ms = None if remaining is None else max(1, int(remaining * 1000))
-                if not self._waiter_poll.poll(wait_ms) or not self._read_one():
-                    break  # timed out, or EOF: the reader thread sees it too and closes
+                # In slices, so a future cancelled (or resolved) elsewhere is noticed.
+                wait_ms = _SLICE_MS if remaining is None else max(1, min(_SLICE_MS, int(remaining * 1000)))
+                if not self._waiter_poll.poll(wait_ms):
+                    continue
+                if not self._read_one(driver=True):
+                    break  # EOF, or a frame handed to the reader: let it take over
         except (OSError, ValueError):
             pass  # closed under us: the reader thread reports it
         finally:
             self._read_lock.release()
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    def _read_one(self) -> bool:
-        """Read and dispatch one message; ``False`` at EOF or once the channel is closed."""
+    def _read_one(self, driver: bool = False) -> bool:
+        """Read and dispatch one message; ``False`` at EOF or once the channel is closed.
+
+        A waiting thread (``driver``) that finds a callback listener registered hands the
+        frame to the reader thread instead, and returns ``False`` to stop driving.
+        """
         try:
             frame = self._conn.recv_bytes()
         except (EOFError, OSError):
             return False
         if self._is_closed:  # closed while we read: deliver nothing more
+            return False
+        if driver and self.registry.callbacks:
+            self._handoff.append(frame)
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:  # the pipe is full of wake-ups already
+                pass
             return False
         self._handle_frame(frame)
         return True
@@ -303,6 +336,13 @@ class Endpoint:
         """Close an inherited copy of the connection in a forked child (no locks: the
         parent's threads may have held them at fork time, and they do not exist here)."""
         self._conn.close()
+        self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def join_reader(self, timeout: float) -> None:
         """Wait (bounded) for the reader to finish; never joins the calling thread itself."""
@@ -314,6 +354,15 @@ class Endpoint:
     def raw_connection(self) -> Connection:
         """The underlying connection (private: tests write malformed frames through it)."""
         return self._conn
+
+
+def _drain(fd: int) -> None:
+    """Empty a non-blocking wake-up pipe."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _poller(conn: Connection) -> select.poll:

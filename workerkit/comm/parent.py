@@ -56,6 +56,28 @@ def _check_start_method(start_method: Optional[str]) -> str:
     return start_method
 
 
+# Imported once by the forkserver, so each child it forks starts with them loaded
+# (a child otherwise re-imports workerkit: ~100 ms per worker start instead of ~15 ms).
+_FORKSERVER_PRELOAD = ("workerkit", "workerkit.comm._bootstrap", "workerkit._function_child")
+
+
+def _preload_in_forkserver() -> None:
+    """Add workerkit to the forkserver's preload list, if the forkserver is not running yet.
+
+    The user's own preload list (``set_forkserver_preload``) is kept; once the forkserver
+    runs, nothing can be added and nothing is changed.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    missing = [name for name in _FORKSERVER_PRELOAD if name not in current]
+    if missing:
+        server.set_forkserver_preload(current + missing)
+
+
 def _ensure_atexit_hook() -> None:
     global _atexit_registered
     with _atexit_lock:
@@ -111,6 +133,7 @@ class ParentCommChannel(ProcessCommChannel):
             return cls._start(method, target, tuple(args), dict(kwargs or {}), name)
 
         if method == "forkserver":  # the child's parent is the forkserver: any thread will do
+            _preload_in_forkserver()
             return start()
         return run_on_spawner(start)
 
