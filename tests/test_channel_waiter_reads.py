@@ -105,3 +105,34 @@ def test_a_killed_child_fails_the_waiting_reader_with_its_exit_code(echo: Parent
     with pytest.raises(ChannelClosedError) as info:
         reply.result(WAIT)
     assert info.value.exitcode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(60)
+def test_a_future_nobody_drives_resolves_right_after_driven_round_trips(echo: ParentCommChannel) -> None:
+    for n in range(50):  # the reader thread parks while result() reads for itself
+        reply = echo.listen_once("echo")
+        echo.send("msg", {"n": n})
+        assert reply.result(WAIT)["n"] == n
+    undriven = echo.listen_once("echo")
+    echo.send("msg", {"n": 99})
+    done, _ = concurrent.futures.wait([undriven], timeout=5)  # no result(): the reader serves it
+    assert undriven in done and undriven.result(0)["n"] == 99
+
+
+@pytest.mark.timeout(60)
+def test_a_callback_registered_after_driven_round_trips_runs_on_the_reader(echo: ParentCommChannel) -> None:
+    for n in range(50):
+        reply = echo.listen_once("echo")
+        echo.send("msg", {"n": n})
+        assert reply.result(WAIT)["n"] == n
+    seen: List[str] = []
+    got = threading.Event()
+
+    def on_echo(event: dict, remove: object) -> None:
+        seen.append(threading.current_thread().name)
+        got.set()
+
+    echo.listen_for("echo", on_echo)
+    echo.send("msg", {"n": 1})
+    assert got.wait(WAIT)
+    assert seen[0].startswith("workerkit-reader")

@@ -51,6 +51,10 @@ ExitcodeHook = Callable[[float], Optional[int]]
 # future being cancelled or resolved by someone else.
 _SLICE_MS = 50
 
+# While waiting threads read for themselves, the reader thread stays parked this long
+# between checks (a future nobody waits on in result() is then served within it).
+_LINGER = 0.02
+
 # How long the reader waits, after EOF, for the peer's exit code (so errors can carry it).
 _EXIT_CODE_WAIT = 1.0
 
@@ -87,6 +91,10 @@ class Endpoint:
         # Frames a waiting thread read but may not dispatch (a callback listener appeared:
         # callbacks run on the reader thread), and the pipe that wakes the reader for them.
         self._handoff: Deque[bytes] = deque()
+        # When a waiting thread last read for itself, and the signal that calls the reader
+        # back early (a callback listener registered, a frame handed over, EOF, close).
+        self._last_drive = 0.0
+        self._unpark = threading.Event()
         self._wake_r = self._wake_w = -1
         self._reader: Optional[threading.Thread] = None
         self._is_closed = False
@@ -131,6 +139,8 @@ class Endpoint:
         """Add ``reg`` and make sure the reader runs; ``False`` if the channel is closed."""
         if not self.registry.add(reg):
             return False
+        if reg.kind != FUTURE:
+            self._unpark.set()  # callbacks are the reader's job: call it back now
         self.ensure_reader()
         return True
 
@@ -167,6 +177,12 @@ class Endpoint:
         it itself), then read and dispatch one frame under it; ``False`` once done."""
         try:
             ready = self._reader_poll.poll()
+            if self._driving() and not self._handoff and not self.registry.callbacks:
+                # A waiting thread reads for itself: stay off the lock it needs, instead of
+                # taking it between two of its round trips and forcing it to wait for us.
+                self._unpark.wait(_LINGER)
+                self._unpark.clear()
+                return True
             with self._read_lock:
                 if any(fd == self._wake_r for fd, _ in ready):
                     _drain(self._wake_r)
@@ -198,12 +214,18 @@ class Endpoint:
                 if not self._waiter_poll.poll(wait_ms):
                     continue
                 if not self._read_one(driver=True):
+                    self._unpark.set()
                     break  # EOF, or a frame handed to the reader: let it take over
         except (OSError, ValueError):
-            pass  # closed under us: the reader thread reports it
+            self._unpark.set()  # closed under us: the reader thread reports it
         finally:
+            self._last_drive = time.monotonic()
             self._read_lock.release()
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _driving(self) -> bool:
+        """A waiting thread reads now, or did within the last ``_LINGER`` seconds."""
+        return self._read_lock.locked() or time.monotonic() - self._last_drive < _LINGER
 
     def _read_one(self, driver: bool = False) -> bool:
         """Read and dispatch one message; ``False`` at EOF or once the channel is closed.
@@ -311,6 +333,7 @@ class Endpoint:
             if reg.kind == FUTURE:
                 _fail(reg.future, self.closed_error())
         self._closed_event.set()
+        self._unpark.set()
         if reader is None and not keep_conn:  # a reader closes it on its way out
             self._close_conn()
 
