@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
 
 import pytest
 
+from tests._procs import wait_gone
 from tests.children import behaviours, doubler
 from workerkit.comm import (
     ChildCommChannel,
@@ -46,23 +47,8 @@ def spawn() -> Iterator[Spawner]:
         ch.destroy(timeout=2.0)
 
 
-def gone(pid: int) -> bool:
-    """The process no longer exists (or is a zombie nobody of ours will reap)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def ready(ch: ParentCommChannel) -> CommEvent:

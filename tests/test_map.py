@@ -10,20 +10,13 @@ from typing import Iterator, List, Set
 
 import pytest
 
+from tests._procs import gone
 from tests.children import workers
 from workerkit import RemoteError, WorkerKitError, WorkPool
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def gone(pid: int) -> bool:
-    """The process no longer exists (or is a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
 def assert_all_gone(pids: Set[int], timeout: float = 5.0) -> None:

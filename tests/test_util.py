@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+from tests._procs import gone, wait_gone
 from tests.children import doubler, workers
 from workerkit import (
     ChannelClosedError,
@@ -50,23 +51,8 @@ def _line_of(marker: str) -> int:
     raise AssertionError(f"marker {marker!r} not found in {WORKERS_FILE}")
 
 
-def gone(pid: int) -> bool:
-    """The process no longer exists (or is a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def assert_all_gone(pids: List[int]) -> None:
