@@ -23,7 +23,7 @@ import collections
 import itertools
 import pickle
 import select
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ._function_child import (
     BATCH,
@@ -32,9 +32,9 @@ from ._function_child import (
     CALL,
     ERROR,
     INIT_ERROR,
-    PROTOCOL,
     READY,
     RESULT,
+    tagged,
 )
 from .errors import ChannelClosedError, RemoteError, WorkerKitError
 
@@ -45,6 +45,8 @@ DEPTH = 4  # frames queued per child: enough to hide a round trip, small enough 
 # in a busy child's socket buffer: the parent never blocks writing to a child that is
 # itself blocked writing a large result (no write/write deadlock).
 _BIG_FRAME = 1 << 14
+
+Frame = Union[bytes, memoryview]
 
 # A result slot: (ok, value or exception) for one item, or a whole chunk's list of those.
 Result = Tuple[bool, Any]
@@ -82,7 +84,7 @@ class _Driver:
         self.poller = select.poll()  # one poll object, reused: no per-wait allocations
         self.done: Dict[int, Any] = {}  # finished frames not yet yielded
         self.in_flight = 0
-        self.held: Optional[Tuple[int, bytes, Optional[BaseException]]] = None
+        self.held: Optional[Tuple[int, Frame, Optional[BaseException]]] = None
         self.exhausted = False
         self.source_error: Optional[BaseException] = None
         self.source_seq = -1
@@ -181,7 +183,7 @@ class _Driver:
                 child.ready = True
                 return
             if tag == INIT_ERROR:
-                message, kind, trace = pickle.loads(frame[1:])
+                message, kind, trace = pickle.loads(memoryview(frame)[1:])
                 self._forget(child)
                 error = RemoteError("the initializer failed in the child: " + message, kind, trace)
                 self._fail_queued(child, error)
@@ -228,15 +230,16 @@ def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
     """The result stored for one reply frame."""
     if tag == RESULT:
         try:
-            return (True, pickle.loads(frame[1:]))
+            return (True, pickle.loads(memoryview(frame)[1:]))
         except Exception as exc:  # the result could not be unpickled here
             return (False, exc)
     if tag == BATCH_VALUES:
-        return _Values(pickle.loads(frame[1:]))
+        return _Values(pickle.loads(memoryview(frame)[1:]))
     if tag == BATCH_RESULT:
-        return [(ok, value if ok else RemoteError(*value)) for ok, value in pickle.loads(frame[1:])]
+        results = pickle.loads(memoryview(frame)[1:])
+        return [(ok, value if ok else RemoteError(*value)) for ok, value in results]
     if tag == ERROR:
-        message, kind, trace = pickle.loads(frame[1:])
+        message, kind, trace = pickle.loads(memoryview(frame)[1:])
         return _failed_frame(RemoteError(message, kind, trace), chunksize)
     return _failed_frame(WorkerKitError(f"unexpected frame from a map worker: {frame[:20]!r}"), chunksize)
 
@@ -249,7 +252,7 @@ class _SourceFailed(Exception):
         self.error = error
 
 
-def _frames(iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, bytes, Optional[BaseException]]]:
+def _frames(iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, Frame, Optional[BaseException]]]:
     """``(sequence number, request frame, error)`` for each item or chunk, lazily."""
     iterator = iter(iterable)
     for seq in itertools.count():
@@ -268,7 +271,7 @@ def _frames(iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, byte
             return
         tag = CALL if chunksize == 1 else BATCH
         try:
-            yield seq, tag + pickle.dumps(payload, PROTOCOL), None
+            yield seq, tagged(tag, payload), None
         except Exception as exc:  # an unpicklable item fails in its place, in order
             yield seq, b"", exc
 

@@ -19,9 +19,10 @@ Frames (``send_bytes`` payloads)::
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple, Union
 
 CALL = b"C"
 RESULT = b"R"
@@ -36,7 +37,7 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 __all__ = [
     "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "BATCH_VALUES", "PROTOCOL",
-    "describe_error", "function_main",
+    "describe_error", "function_main", "tagged",
 ]
 
 
@@ -46,6 +47,14 @@ def describe_error(exc: BaseException) -> Tuple[str, str, str]:
     name = f"{kind.__module__}.{kind.__qualname__}"
     formatted = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
     return str(exc), name, formatted
+
+
+def tagged(tag: bytes, obj: Any) -> memoryview:
+    """``tag + pickle(obj)`` as one buffer, without copying a large pickle a second time."""
+    buf = io.BytesIO()
+    buf.write(tag)
+    pickle.dump(obj, buf, PROTOCOL)
+    return buf.getbuffer()
 
 
 def _error_frame(tag: bytes, exc: BaseException) -> bytes:
@@ -72,14 +81,15 @@ def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence
 
 def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
     """Answer call frames until the parent closes the channel."""
-    recv, send, loads, dumps = conn.recv_bytes, conn.send_bytes, pickle.loads, pickle.dumps
+    recv, send, loads = conn.recv_bytes, conn.send_bytes, pickle.loads
     while True:
         frame = recv()
+        reply: Union[bytes, memoryview]
         try:
             if frame[:1] == BATCH:
-                reply = _chunk_reply(fn, loads(frame[1:]))
+                reply = _chunk_reply(fn, loads(memoryview(frame)[1:]))
             else:
-                reply = RESULT + dumps(fn(loads(frame[1:])), PROTOCOL)
+                reply = tagged(RESULT, fn(loads(memoryview(frame)[1:])))
         except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
             reply = _error_frame(ERROR, exc)
         send(reply)

@@ -26,6 +26,7 @@ from ._function_child import (
     READY,
     RESULT,
     function_main,
+    tagged,
 )
 from .comm import ParentCommChannel
 from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
@@ -225,14 +226,14 @@ class _FunctionWorker(ChannelWorker[X, R]):
             raise
 
     def execute(self, item: X) -> R:
-        request = CALL + pickle.dumps(item, PROTOCOL)  # an unpicklable item fails here, stream intact
+        request = tagged(CALL, item)  # an unpicklable item fails here, stream intact
         try:
             self._conn.send_bytes(request)
         except OSError:
             raise self._closed() from None
         frame = self._recv()
         if frame[:1] == RESULT:
-            return pickle.loads(frame[1:])  # type: ignore[no-any-return]
+            return pickle.loads(memoryview(frame)[1:])  # type: ignore[no-any-return]
         if frame[:1] == ERROR:
             raise _remote_error(frame)
         raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
@@ -248,12 +249,12 @@ class _FunctionWorker(ChannelWorker[X, R]):
         if frame[:1] == ERROR:
             raise _remote_error(frame)
         if frame[:1] == BATCH_VALUES:
-            return [(True, value) for value in pickle.loads(frame[1:])]
+            return [(True, value) for value in pickle.loads(memoryview(frame)[1:])]
         if frame[:1] != BATCH_RESULT:
             raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
         return [
             (True, value) if ok else (False, RemoteError(*value))
-            for ok, value in pickle.loads(frame[1:])
+            for ok, value in pickle.loads(memoryview(frame)[1:])
         ]
 
     def destroy(self) -> None:
@@ -270,7 +271,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
 
 
 def _remote_error(frame: bytes, prefix: str = "") -> RemoteError:
-    message, remote_type, remote_tb = pickle.loads(frame[1:])
+    message, remote_type, remote_tb = pickle.loads(memoryview(frame)[1:])
     return RemoteError(prefix + message, remote_type, remote_tb)
 
 
