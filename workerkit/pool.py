@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -53,7 +52,9 @@ from typing import (
     Union,
 )
 
+from ._options import check_positive, check_process_options, default_max_workers
 from ._progress import ProgressArg, make_progress, source_length
+from ._results import END, as_finished, chunked, flatten_chunks, in_order, map_results
 from ._run import Run
 from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
 from .errors import PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
@@ -73,44 +74,7 @@ Source = Union[InputSource[X], Iterable[X]]
 OutcomeCallback = Callable[[Outcome[X, R]], Any]
 
 _WAIT_SLICE = 0.5  # bounded waits re-check shutdown flags; they never add latency to a wake-up
-_END: Any = object()
 _FREE = Slot(0)  # "a slot is free": returned when the caller only waits for one
-
-
-_PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress")
-
-
-def _check_process_options(**options: Any) -> None:
-    """Reject bad ``process`` options at the call that passed them (``start`` included)."""
-    unknown = sorted(set(options) - set(_PROCESS_OPTIONS))
-    if unknown:
-        known = ", ".join(_PROCESS_OPTIONS)
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; process takes {known}")
-    for name in ("on_complete", "on_error"):
-        callback = options.get(name)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"{name} must be a callable taking an Outcome, got {callback!r}")
-    progress = options.get("progress")
-    if progress not in (None, True, False) and not callable(progress):
-        raise TypeError(f"progress must be True, False, None or a callable(done, total), got {progress!r}")
-
-
-def default_max_workers() -> int:
-    """The CPUs available to this process (at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def _check_positive(name: str, value: Optional[float], *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number or None, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound} (or None for no limit), got {value!r}")
 
 
 class WorkPool(Generic[X, R]):
@@ -146,10 +110,10 @@ class WorkPool(Generic[X, R]):
             raise ValueError(f"min_workers must be an int >= 0, got {min_workers!r}")
         if min_workers > max_workers:
             raise ValueError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
-        _check_positive("idle_timeout", idle_timeout, allow_zero=True)
-        _check_positive("task_timeout", task_timeout)
-        _check_positive("max_tasks_per_worker", max_tasks_per_worker)
-        _check_positive("max_memory_per_worker", max_memory_per_worker)
+        check_positive("idle_timeout", idle_timeout, allow_zero=True)
+        check_positive("task_timeout", task_timeout)
+        check_positive("max_tasks_per_worker", max_tasks_per_worker)
+        check_positive("max_memory_per_worker", max_memory_per_worker)
         self._factory = factory
         self._max_workers = max_workers
         self._min_workers = min_workers
@@ -209,7 +173,7 @@ class WorkPool(Generic[X, R]):
         """
         self._check_open()
         src = as_input_source(source)
-        _check_process_options(on_complete=on_complete, on_error=on_error, progress=progress)
+        check_process_options(on_complete=on_complete, on_error=on_error, progress=progress)
         reporter = make_progress(progress, source_length(source), self.name)
         run: Run[X, R] = Run(on_complete, on_error, reporter)
         try:
@@ -241,7 +205,7 @@ class WorkPool(Generic[X, R]):
         """Run :meth:`process` on a background thread; the future holds its summary."""
         self._check_open()
         as_input_source(source)  # a bad source fails here, at the call
-        _check_process_options(**process_kwargs)
+        check_process_options(**process_kwargs)
         future: Future[ProcessSummary] = Future()
 
         def run() -> None:
@@ -347,12 +311,12 @@ class WorkPool(Generic[X, R]):
                 lambda: function_worker(fn, start_method=start_method),
                 max_workers=max_workers, **pool_kwargs,
             )
-            return _map_results(pool, pool.stream(iterable, ordered=ordered))
+            return map_results(pool, pool.stream(iterable, ordered=ordered))
         pool = WorkPool(
             lambda: chunk_worker(fn, start_method=start_method), max_workers=max_workers, **pool_kwargs
         )
-        chunks = _chunked(iterable, chunksize)
-        return _flatten_chunks(_map_results(pool, pool.stream(chunks, ordered=ordered)))
+        chunks = chunked(iterable, chunksize)
+        return flatten_chunks(map_results(pool, pool.stream(chunks, ordered=ordered)))
 
     def __enter__(self: T) -> T:
         return self
@@ -382,12 +346,12 @@ class WorkPool(Generic[X, R]):
             except BaseException as exc:
                 raised.append(exc)
             finally:
-                outcomes.put(_END)
+                outcomes.put(END)
 
         thread = threading.Thread(target=dispatch, name=f"workerkit-dispatch-{self.name}", daemon=True)
         thread.start()
         try:
-            yield from (_in_order if ordered else _as_finished)(outcomes, credits)
+            yield from (in_order if ordered else as_finished)(outcomes, credits)
             if raised:
                 raise raised[0]
         finally:
@@ -845,64 +809,3 @@ class WorkPool(Generic[X, R]):
                 self._abandon(slot, job, WorkTimeoutError(
                     f"item ran longer than task_timeout={self._task_timeout}s; its worker was "
                     "destroyed and replaced (raise task_timeout if the work is legitimately slow)"))
-
-
-def _as_finished(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
-    """Yield outcomes in the order they finish."""
-    while True:
-        outcome = outcomes.get()
-        if outcome is _END:
-            return
-        credits.release()
-        yield outcome
-
-
-def _in_order(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
-    """Yield outcomes in input order, holding back those that finished early."""
-    early: Dict[int, Any] = {}
-    wanted = 0
-    while True:
-        outcome = outcomes.get()
-        if outcome is _END:
-            break
-        early[outcome.index] = outcome
-        while wanted in early:
-            ready = early.pop(wanted)
-            wanted += 1
-            credits.release()
-            yield ready
-    for index in sorted(early):  # only when the dispatch stopped early
-        yield early[index]
-
-
-def _chunked(iterable: Iterable[T], size: int) -> Iterator[List[T]]:
-    """Lists of ``size`` consecutive items (the last may be shorter), pulled lazily."""
-    iterator = iter(iterable)
-    while True:
-        chunk = list(itertools.islice(iterator, size))
-        if not chunk:
-            return
-        yield chunk
-
-
-def _flatten_chunks(results: Iterator[List[Any]]) -> Iterator[Any]:
-    """Per-item results of chunked calls; raises the first failed item's error."""
-    try:
-        for chunk in results:
-            for ok, value in chunk:
-                if not ok:
-                    raise value
-                yield value
-    finally:
-        results.close()  # type: ignore[attr-defined]  # shuts the pool down on an early exit
-
-
-def _map_results(pool: WorkPool[Any, T], outcomes: Iterator[Outcome[Any, T]]) -> Iterator[T]:
-    """Yield each outcome's value; raise the first error; always shut the pool down."""
-    try:
-        for outcome in outcomes:
-            yield outcome.result()
-    finally:
-        outcomes.close()  # type: ignore[attr-defined]
-        pool.shutdown()
-

@@ -1,0 +1,43 @@
+"""Validation of pool options: bad input fails at the call that passed it, saying what to do."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+__all__ = ["check_process_options", "check_positive", "default_max_workers"]
+
+_PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress")
+
+
+def check_process_options(**options: Any) -> None:
+    """Reject bad ``process`` options at the call that passed them (``start`` included)."""
+    unknown = sorted(set(options) - set(_PROCESS_OPTIONS))
+    if unknown:
+        known = ", ".join(_PROCESS_OPTIONS)
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; process takes {known}")
+    for name in ("on_complete", "on_error"):
+        callback = options.get(name)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"{name} must be a callable taking an Outcome, got {callback!r}")
+    progress = options.get("progress")
+    if progress not in (None, True, False) and not callable(progress):
+        raise TypeError(f"progress must be True, False, None or a callable(done, total), got {progress!r}")
+
+
+def default_max_workers() -> int:
+    """The CPUs available to this process (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_positive(name: str, value: Optional[float], *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or None, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} (or None for no limit), got {value!r}")

@@ -1,0 +1,80 @@
+"""Turning a pool's outcomes into what ``stream`` and ``map`` yield: as they finish, in
+input order, or as plain values with the first error raised."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, TypeVar
+
+from .outcome import Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pool import WorkPool
+
+T = TypeVar("T")
+
+__all__ = ["END", "as_finished", "in_order", "chunked", "flatten_chunks", "map_results"]
+
+END: Any = object()  # put after the last outcome of a stream
+
+def as_finished(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
+    """Yield outcomes in the order they finish."""
+    while True:
+        outcome = outcomes.get()
+        if outcome is END:
+            return
+        credits.release()
+        yield outcome
+
+
+def in_order(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
+    """Yield outcomes in input order, holding back those that finished early."""
+    early: Dict[int, Any] = {}
+    wanted = 0
+    while True:
+        outcome = outcomes.get()
+        if outcome is END:
+            break
+        early[outcome.index] = outcome
+        while wanted in early:
+            ready = early.pop(wanted)
+            wanted += 1
+            credits.release()
+            yield ready
+    for index in sorted(early):  # only when the dispatch stopped early
+        yield early[index]
+
+
+def chunked(iterable: Iterable[T], size: int) -> Iterator[List[T]]:
+    """Lists of ``size`` consecutive items (the last may be shorter), pulled lazily."""
+    iterator = iter(iterable)
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def flatten_chunks(results: Iterator[List[Any]]) -> Iterator[Any]:
+    """Per-item results of chunked calls; raises the first failed item's error."""
+    try:
+        for chunk in results:
+            for ok, value in chunk:
+                if not ok:
+                    raise value
+                yield value
+    finally:
+        results.close()  # type: ignore[attr-defined]  # shuts the pool down on an early exit
+
+
+def map_results(pool: WorkPool[Any, T], outcomes: Iterator[Outcome[Any, T]]) -> Iterator[T]:
+    """Yield each outcome's value; raise the first error; always shut the pool down."""
+    try:
+        for outcome in outcomes:
+            yield outcome.result()
+    finally:
+        outcomes.close()  # type: ignore[attr-defined]
+        pool.shutdown()
+
