@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-__all__ = ["check_process_options", "check_positive", "default_max_workers"]
+__all__ = ["check_process_options", "check_positive", "default_max_workers", "resolve_max_workers"]
 
 _PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress")
 
@@ -41,3 +41,12 @@ def check_positive(name: str, value: Optional[float], *, allow_zero: bool = Fals
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} (or None for no limit), got {value!r}")
+
+
+def resolve_max_workers(max_workers: Optional[int]) -> int:
+    """``max_workers`` checked, or the CPU count for None."""
+    if max_workers is None:
+        return default_max_workers()
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise ValueError(f"max_workers must be an int >= 1 (or None for the CPU count), got {max_workers!r}")
+    return max_workers

@@ -52,7 +52,7 @@ from typing import (
     Union,
 )
 
-from ._options import check_positive, check_process_options, default_max_workers
+from ._options import check_positive, check_process_options, resolve_max_workers
 from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, chunked, flatten_chunks, in_order, map_results
 from ._run import Run
@@ -100,12 +100,7 @@ class WorkPool(Generic[X, R]):
             raise TypeError(
                 f"WorkPool needs a factory: a callable that returns a new worker, got {factory!r}"
             )
-        if max_workers is None:
-            max_workers = default_max_workers()
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(
-                f"max_workers must be an int >= 1 (or None for the CPU count), got {max_workers!r}"
-            )
+        max_workers = resolve_max_workers(max_workers)
         if isinstance(min_workers, bool) or not isinstance(min_workers, int) or min_workers < 0:
             raise ValueError(f"min_workers must be an int >= 0, got {min_workers!r}")
         if min_workers > max_workers:
@@ -292,18 +287,13 @@ class WorkPool(Generic[X, R]):
         check_function_target(fn, start_method)
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
-        if max_workers is not None and (
-            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
-        ):
-            raise ValueError(
-                f"max_workers must be an int >= 1 (or None for the CPU count), got {max_workers!r}"
-            )
+        workers = resolve_max_workers(max_workers)
         if not pool_kwargs:
             # No per-worker limits asked for: the single-threaded pipelined driver, which
             # keeps a few items queued in each child and needs no thread hand-offs.
             return pipelined_map(
                 lambda: function_worker(fn, start_method=start_method), iterable,
-                max_workers=max_workers or default_max_workers(), ordered=ordered,
+                max_workers=workers, ordered=ordered,
                 chunksize=chunksize,
             )
         if chunksize == 1:
