@@ -136,3 +136,12 @@ def test_a_callback_registered_after_driven_round_trips_runs_on_the_reader(echo:
     echo.send("msg", {"n": 1})
     assert got.wait(WAIT)
     assert seen[0].startswith("workerkit-reader")
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_future_does_not_swallow_the_next_event(echo: ParentCommChannel) -> None:
+    cancelled = echo.listen_once("echo")
+    assert cancelled.cancel()
+    wanted = echo.listen_once("echo")
+    echo.send("msg", {"n": 5})
+    assert wanted.result(WAIT)["n"] == 5

@@ -140,12 +140,12 @@ class ProcessCommChannel:
         _check_type(event_type)
         if callback is not None:
             return self._add(event_type, ONCE, callback)
-        future: Future[CommEvent] = _DrivenFuture(self._endpoint)
+        future = _DrivenFuture(self._endpoint)
         reg = Registration(self, event_type, FUTURE, future=future)
         if not self._endpoint.register(reg):
             future.set_exception(self._endpoint.closed_error())
             return future
-        future.add_done_callback(lambda f: reg.remove() if f.cancelled() else None)
+        future.registration = reg  # cancelling the future unregisters it
         return future
 
     def remove_listener(self, handler: Any) -> None:
@@ -197,6 +197,14 @@ class _DrivenFuture(Future[CommEvent]):
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__()
         self._endpoint = endpoint
+        self.registration: Optional[Registration] = None
+
+    def cancel(self) -> bool:
+        """Cancel, and stop listening: a cancelled future is never resolved by an event."""
+        cancelled = super().cancel()
+        if cancelled and self.registration is not None:
+            self.registration.remove()
+        return cancelled
 
     def result(self, timeout: Optional[float] = None) -> CommEvent:
         if not self.done():
