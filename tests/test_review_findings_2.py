@@ -13,12 +13,6 @@ from workerkit import ChannelClosedError, ParentCommChannel
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="8dd7e68: the reader parks whenever a waiter drove the pipe within _LINGER; a waiter "
-    "polling result() with a short timeout re-drives every few ms, so the reader never reads "
-    "the EOF and the channel never closes (pending futures never fail with ChannelClosedError)",
-)
 def test_dead_peer_fails_a_future_polled_with_short_timeouts() -> None:
     channel = ParentCommChannel.spawn("tests.children.behaviours:typed_echo", start_method="fork")
     try:

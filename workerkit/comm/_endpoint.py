@@ -177,11 +177,11 @@ class Endpoint:
         it itself), then read and dispatch one frame under it; ``False`` once done."""
         try:
             ready = self._reader_poll.poll()
-            if self._driving() and not self._handoff and not self.registry.callbacks:
+            if self._driving() and not self._handoff and not self.registry.callbacks and not self._is_closed:
                 # A waiting thread reads for itself: stay off the lock it needs, instead of
                 # taking it between two of its round trips and forcing it to wait for us.
+                self._unpark.clear()  # before the wait: a call-back during it is never lost
                 self._unpark.wait(_LINGER)
-                self._unpark.clear()
                 return True
             with self._read_lock:
                 if any(fd == self._wake_r for fd, _ in ready):
@@ -236,37 +236,46 @@ class Endpoint:
         try:
             frame = self._conn.recv_bytes()
         except (EOFError, OSError):
+            if driver:
+                self.peer_lost()  # fail every future now: the parked reader may not look soon
             return False
         if self._is_closed:  # closed while we read: deliver nothing more
             return False
-        if driver and self.registry.callbacks:
+        if not self._handle_frame(frame, driver):
             self._handoff.append(frame)
             try:
                 os.write(self._wake_w, b"!")
             except BlockingIOError:  # the pipe is full of wake-ups already
                 pass
             return False
-        self._handle_frame(frame)
         return True
 
-    def _handle_frame(self, frame: bytes) -> None:
+    def _handle_frame(self, frame: bytes, driver: bool = False) -> bool:
+        """Decode and dispatch one frame; ``False`` (nothing done) when a waiting thread
+        (``driver``) reads a frame that a callback listener wants: callbacks run on the
+        reader thread only, so the caller hands the frame over."""
         try:
             event_type, body = split_frame(frame)
         except MalformedFrameError as exc:
             logger.warning("dropped a malformed message from process %s: %s", self.peer_pid, exc)
-            return
+            return True
         targets = self.registry.targets(event_type)
+        if driver:
+            targets = tuple(targets)  # one snapshot decides, so no callback sneaks in later
+            if any(reg.kind != FUTURE for reg in targets):
+                return False
         if not targets:  # an empty tuple: nobody listens, so do not even unpickle it
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("no listener for %r message from process %s", event_type, self.peer_pid)
-            return
+            return True
         try:
             event = decode_body(event_type, body)
         except MessageDecodeError as err:
             logger.error("%s (from process %s)", err, self.peer_pid, exc_info=err)
             self._fail_futures(event_type, err)
-            return
+            return True
         self._dispatch(event, targets)
+        return True
 
     def _dispatch(self, event: CommEvent, targets: Iterable[Registration]) -> None:
         for reg in targets:
