@@ -215,9 +215,10 @@ def wk_map(method: str) -> MapRun:
     return run
 
 
-def mp_pool(method: str) -> MapRun:
+def _imap_run(make_pool: Callable[[], Any]) -> MapRun:
+    """Warm a fresh Pool-like pool, then time ``imap(chunksize=1)`` over the items."""
     def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
-        pool = multiprocessing.get_context(method).Pool(WORKERS)
+        pool = make_pool()
         try:
             pool.map(fn, warm, chunksize=1)
             start = time.perf_counter()
@@ -231,24 +232,14 @@ def mp_pool(method: str) -> MapRun:
             pool.join()
         return elapsed, values
     return run
+
+
+def mp_pool(method: str) -> MapRun:
+    return _imap_run(lambda: multiprocessing.get_context(method).Pool(WORKERS))
 
 
 def billiard_pool(billiard: Any) -> MapRun:
-    def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
-        pool = billiard.Pool(WORKERS)
-        try:
-            pool.map(fn, warm, chunksize=1)
-            start = time.perf_counter()
-            values = list(pool.imap(fn, items, chunksize=1))
-            elapsed = time.perf_counter() - start
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-        return elapsed, values
-    return run
+    return _imap_run(lambda: billiard.Pool(WORKERS))
 
 
 def pebble_pool(pebble: Any, method: str) -> MapRun:

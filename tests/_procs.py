@@ -1,8 +1,11 @@
-"""Process checks shared by the tests: is a pid gone, and wait until it is."""
+"""Process helpers shared by the tests and their children: write a pid file, is a pid gone,
+wait until it is."""
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Optional
 
 
 def gone(pid: int) -> bool:
@@ -23,3 +26,12 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def write_pid(path: Optional[str]) -> None:
+    """Write this process's pid to ``path`` atomically (a reader never sees half a pid)."""
+    if path:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, path)

@@ -10,15 +10,8 @@ import threading
 import time
 from typing import Any, List, Optional, Tuple
 
+from tests._procs import write_pid
 from workerkit.comm import ChildCommChannel
-
-
-def _write_pid(pidfile: Optional[str]) -> None:
-    if pidfile:
-        tmp = f"{pidfile}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(tmp, pidfile)  # atomic: the reader never sees a half-written pid
 
 
 def echo() -> None:
@@ -94,20 +87,20 @@ def undecodable() -> None:
 
 def busy(pidfile: Optional[str] = None) -> None:
     """Write the pid, then spin in pure Python forever."""
-    _write_pid(pidfile)
+    write_pid(pidfile)
     while True:
         pass
 
 
 def sleeper(pidfile: Optional[str] = None) -> None:
     """Write the pid, then block in C (time.sleep)."""
-    _write_pid(pidfile)
+    write_pid(pidfile)
     time.sleep(1000)
 
 
 def listening(pidfile: Optional[str] = None) -> None:
     """Write the pid, answer 'request' like the doubler; listeners keep the child alive."""
-    _write_pid(pidfile)
+    write_pid(pidfile)
     ch = ChildCommChannel()
     ch.listen_for("request", lambda e, rm: ch.send("response", {"data": e["data"] * 2}))
     ch.send("ready")

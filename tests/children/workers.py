@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any, Optional, Tuple
 
+from tests._procs import write_pid
 from workerkit.comm import ChildCommChannel
 
 # -- function_worker / WorkPool.map targets ------------------------------------------
@@ -110,12 +111,6 @@ def sleeping_initializer(seconds: float) -> None:
 # -- spawned_worker channel targets ---------------------------------------------------
 
 
-def _write_pid(pidfile: Optional[str]) -> None:
-    if pidfile:
-        tmp = f"{pidfile}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(tmp, pidfile)
 
 
 def delayed_ready_child(delay: float) -> None:
@@ -128,7 +123,7 @@ def delayed_ready_child(delay: float) -> None:
 
 def farewell_child(pidfile: Optional[str] = None) -> None:
     """Doubles requests; answers 'bye' with 'bye-ack', then stops listening."""
-    _write_pid(pidfile)
+    write_pid(pidfile)
     ch = ChildCommChannel()
     ch.listen_for("request", lambda e, rm: ch.send("response", {"data": e["data"] * 2}))
 

@@ -20,6 +20,8 @@ import traceback
 from concurrent.futures import Future
 from typing import Any, List, Optional, Tuple
 
+from tests._procs import write_pid
+
 Item = Tuple[int, str, Any]
 
 
@@ -41,13 +43,6 @@ class ExplodesOnLoad:
         return (explode_on_load, (self.where,))
 
 
-def write_pid(path: Optional[str]) -> None:
-    """Write this process's pid to ``path`` atomically (a reader never sees half a pid)."""
-    if path:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(tmp, path)
 
 
 def _no_core_dump() -> None:
@@ -208,19 +203,6 @@ def serve(die_in_init: bool = False) -> None:
             return
 
 
-def echo_server() -> None:
-    """Echo each ``msg`` back as ``echo`` with the same payload (huge-message round trip)."""
-    from workerkit.comm import ChildCommChannel
-
-    ch = ChildCommChannel()
-
-    def reply(event: Any, _remove: Any) -> None:
-        payload = dict(event)
-        del payload["type"]
-        ch.send("echo", payload)
-
-    ch.listen_for("msg", reply)
-    ch.send("ready")
 
 
 def never_ready() -> None:

@@ -184,7 +184,7 @@ def test_a_100_mb_item_and_result_through_a_function_worker(baseline: Baseline) 
 @pytest.mark.timeout(120)
 def test_a_100_mb_message_round_trip_through_a_channel(baseline: Baseline) -> None:
     data = b"\x07" * BIG
-    ch = ParentCommChannel.spawn(children.echo_server, start_method="forkserver")
+    ch = ParentCommChannel.spawn("tests.children.behaviours:echo", start_method="forkserver")
     try:
         ch.listen_once("ready").result(WAIT)
         reply = ch.listen_once("echo")

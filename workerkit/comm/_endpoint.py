@@ -28,7 +28,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from multiprocessing.connection import Connection
-from typing import Callable, Deque, Iterable, Optional
+from typing import Any, Callable, Deque, Iterable, Optional
 
 from ..errors import ChannelClosedError
 from ._framing import (
@@ -417,15 +417,16 @@ def shutdown_socket(conn: Connection) -> None:
 
 def _resolve(future: Optional[Future[CommEvent]], event: CommEvent) -> None:
     assert future is not None
-    try:
-        future.set_result(event)
-    except InvalidStateError:  # cancelled by its owner meanwhile
-        pass
+    _settle(future.set_result, event)
 
 
 def _fail(future: Optional[Future[CommEvent]], err: BaseException) -> None:
     assert future is not None
+    _settle(future.set_exception, err)
+
+
+def _settle(setter: Callable[[Any], None], value: Any) -> None:
     try:
-        future.set_exception(err)
+        setter(value)
     except InvalidStateError:  # cancelled by its owner meanwhile
         pass
