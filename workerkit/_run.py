@@ -48,6 +48,7 @@ class Run(Generic[X, R]):
         self.wakeup = threading.Lock()
         self.wakeup.acquire()
         self.submitted = 0
+        self.feed: Any = None  # the call's Feed, once dispatching started
         self.completed = 0
         self.failed = 0
         self.failures: List[Outcome[X, R]] = []
@@ -57,9 +58,9 @@ class Run(Generic[X, R]):
         self.started = time.monotonic()
 
     def submit(self) -> int:
-        """Count one pulled item as in flight; return its index. Dispatcher thread only."""
+        """Count one pulled item as in flight; return its index. Under the feed's lock."""
         index = self.submitted
-        self.submitted = index + 1  # only the dispatcher writes this: no lock needed
+        self.submitted = index + 1  # only written under the feed's lock
         return index
 
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
@@ -101,7 +102,7 @@ class Run(Generic[X, R]):
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until no item is in flight; return False on timeout.
 
-        Called by the dispatcher after it stopped pulling, so ``submitted`` no longer moves.
+        Called by the dispatcher after it closed the feed, so ``submitted`` no longer moves.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:

@@ -27,7 +27,9 @@ from typing import (
     Generic,
     Iterable,
     Iterator,
+    Optional,
     Protocol,
+    Tuple,
     TypeVar,
     Union,
     cast,
@@ -60,6 +62,14 @@ class InputSource(Protocol[X_co]):
 
 # Marks "no item buffered". A private object rather than None, so None stays a valid item.
 _NOTHING: object = object()
+_CLOSED: object = object()  # "closed and empty", from DynamicIterator._take_nowait
+
+# Iterators of the built-in collections: their next() computes nothing and never waits.
+_EMPTIES: Tuple[Iterable[object], ...] = (
+    [], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(), {}.items(), set(),
+    frozenset(), deque(), reversed([]), reversed(deque()),
+)
+_NEVER_WAIT = frozenset(type(iter(empty)) for empty in _EMPTIES)
 
 
 class IterableInputSource(Generic[X]):
@@ -84,6 +94,7 @@ class IterableInputSource(Generic[X]):
             ) from exc
         self._buffered: object = _NOTHING
         self._exhausted = False
+        self._never_waits = type(self._iterator) in _NEVER_WAIT
 
     def has_next(self) -> bool:
         """Return whether another item exists, reading (and buffering) at most one item."""
@@ -106,6 +117,32 @@ class IterableInputSource(Generic[X]):
         item = self._buffered
         self._buffered = _NOTHING
         return cast(X, item)
+
+    def _poll(self) -> Optional[bool]:
+        """``has_next()`` when it can answer without waiting, else None.
+
+        A pool thread that just finished an item uses this to take the next one itself. Only
+        iterators that cannot wait are asked: those of the built-in collections, and a
+        :class:`DynamicIterator` with an item queued (or closed). A generator is never asked
+        here: it may wait for an event, and a worker must not wait with it.
+        """
+        if self._buffered is not _NOTHING:
+            return True
+        if self._exhausted:
+            return False
+        if self._never_waits:
+            return self.has_next()
+        iterator = self._iterator
+        if not isinstance(iterator, DynamicIterator):
+            return None
+        item = iterator._take_nowait()
+        if item is _NOTHING:
+            return None
+        if item is _CLOSED:
+            self._exhausted = True
+            return False
+        self._buffered = item
+        return True
 
     def give_back(self) -> None:
         """Return an item read ahead by ``has_next()`` to where it came from, when possible.
@@ -176,6 +213,16 @@ class DynamicIterator(Generic[X]):
             else:
                 self._items.append(item)
             self._not_empty.notify()
+
+    def _take_nowait(self) -> object:
+        """The next item if one is queued; ``_CLOSED`` once closed and empty; else
+        ``_NOTHING``. Never blocks."""
+        with self._lock:
+            if self._items:
+                item = self._items.popleft()
+                self._not_full.notify()
+                return item
+            return _CLOSED if self._closed else _NOTHING
 
     def push_front(self, item: X) -> None:
         """Put an item back at the front, even after ``close()`` (it was taken, not added)."""

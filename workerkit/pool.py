@@ -52,13 +52,14 @@ from typing import (
     Union,
 )
 
+from ._feed import Feed
 from ._options import check_positive, check_process_options, resolve_max_workers
 from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, chunked, flatten_chunks, in_order, map_results
 from ._run import Run
 from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
 from .errors import PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
-from .input import InputSource, IterableInputSource, as_input_source
+from .input import InputSource, as_input_source
 from .outcome import Outcome, PoolStats, ProcessSummary
 from .worker import next_worker_id
 
@@ -75,6 +76,7 @@ OutcomeCallback = Callable[[Outcome[X, R]], Any]
 
 _WAIT_SLICE = 0.5  # bounded waits re-check shutdown flags; they never add latency to a wake-up
 _FREE = Slot(0)  # "a slot is free": returned when the caller only waits for one
+_EXIT: Any = object()  # returned to a slot's thread: "exit now"
 
 
 class WorkPool(Generic[X, R]):
@@ -358,12 +360,14 @@ class WorkPool(Generic[X, R]):
         *, slot_first: bool = False,
     ) -> None:
         """Dispatch every item of ``src``, then wait for those in flight (the caller's thread)."""
+        feed: Feed[X] = Feed(src, credits, slot_first)
+        run.feed = feed
         with self._lock:
             self._runs.add(run)
             self._creation_failures = 0  # the breaker is per call, like errors
         try:
             try:
-                self._dispatch(src, run, credits, slot_first)
+                self._dispatch(feed, run)
             except KeyboardInterrupt:
                 raise
             except BaseException:
@@ -380,30 +384,27 @@ class WorkPool(Generic[X, R]):
             with self._lock:
                 self._runs.discard(run)
             self._errors = list(run.failures)
+        if feed.error is not None:  # raised by the source while a slot pulled for itself
+            raise feed.error
         if run.breaker_error is not None:
             raise WorkPoolError(str(run.breaker_error), run.summary()) from run.breaker_error.__cause__
 
-    def _dispatch(
-        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore],
-        slot_first: bool,
-    ) -> None:
+    def _dispatch(self, feed: Feed[X], run: Run[X, R]) -> None:
         """Pull items one by one: ``has_next()``, then a free slot, then ``next()``.
 
         With ``slot_first`` (a plain iterable the pool wrapped itself, whose read-ahead the
         caller cannot see or get back) wait for a free slot before ``has_next()``, so an
-        early stop never strands an item read ahead from the caller's iterator.
+        early stop never strands an item read ahead from the caller's iterator. Slots that
+        finish an item may pull the next one themselves (see :mod:`._feed`); the dispatcher
+        then mostly waits.
         """
         try:
-            self._pull_loop(src, run, credits, slot_first)
+            self._pull_loop(feed, run)
         finally:
-            if isinstance(src, IterableInputSource):
-                src.give_back()  # stopped between has_next() and next(): nothing is lost
+            feed.close()
 
-    def _pull_loop(
-        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore],
-        slot_first: bool,
-    ) -> None:
-        has_next, pull = src.has_next, src.next
+    def _pull_loop(self, feed: Feed[X], run: Run[X, R]) -> None:
+        has_next, pull, credits = feed.src.has_next, feed.src.next, feed.credits
         while not run.stopping:
             if credits is not None:
                 while not credits.acquire(timeout=_WAIT_SLICE):
@@ -411,21 +412,31 @@ class WorkPool(Generic[X, R]):
                         return
                 if run.stopping:
                     return
-            if slot_first and self._acquire_slot(run, take=False) is None:
+            if feed.slot_first and self._acquire_slot(run, take=False) is None:
                 return
-            if not has_next():
-                return
+            with feed.lock:
+                if feed.exhausted or not has_next():
+                    feed.exhausted = True
+                    return
+                seen = run.submitted
             slot = self._acquire_slot(run)
             if slot is None:
                 return
-            try:
-                item = pull()
-            except BaseException as exc:
-                self._return_unused(slot)
-                if isinstance(exc, StopIteration):
+            with feed.lock:
+                try:
+                    # A slot may have taken the item has_next() saw: ask again before next().
+                    more = not feed.exhausted and (run.submitted == seen or has_next())
+                    item = pull() if more else None
+                except BaseException as exc:
+                    self._return_unused(slot)
+                    if isinstance(exc, StopIteration):
+                        return
+                    raise
+                if not more:
+                    feed.exhausted = True
+                    self._return_unused(slot)
                     return
-                raise
-            job = Job(run.submit(), item, run)
+                job = Job(run.submit(), item, run)
             slot.running = job  # before the hand-off: shutdown(wait=False) can fail it at once
             slot.assign(job)
 
@@ -543,8 +554,12 @@ class WorkPool(Generic[X, R]):
         """Body of a pool thread: run jobs until stopped, retired or abandoned."""
         try:
             while True:
-                job = self._next_job(slot)
-                if job is None or not self._run_job(slot, job):
+                job: Any = self._next_job(slot)
+                if job is None:
+                    return
+                while isinstance(job, Job):  # a job this slot pulled itself comes straight back
+                    job = self._run_job(slot, job)
+                if job is _EXIT:
                     return
         finally:
             self._discard_worker(slot)
@@ -576,11 +591,12 @@ class WorkPool(Generic[X, R]):
                 self._destroy_worker(worker)
             return None
 
-    def _run_job(self, slot: Slot, job: Job) -> bool:
-        """Execute one job in ``slot``; return False when the slot's thread must exit."""
+    def _run_job(self, slot: Slot, job: Job) -> Any:
+        """Execute one job in ``slot``; return the slot's next job, None (wait for the
+        dispatcher) or ``_EXIT`` (the slot's thread must exit)."""
         failed_start = self._ensure_worker(slot)
         if job.settled:  # failed by shutdown(wait=False) while its worker was being made
-            return False
+            return _EXIT
         if failed_start is not None:  # the item that waited for the worker fails with its error
             return self._finish(slot, job, None, failed_start, 0.0, created=False)
         execute = slot.execute
@@ -599,8 +615,9 @@ class WorkPool(Generic[X, R]):
     def _finish(
         self, slot: Slot, job: Job, value: Any, error: Optional[BaseException],
         duration: float, *, created: bool,
-    ) -> bool:
-        """Release or recycle the worker, return the slot, then record the outcome."""
+    ) -> Any:
+        """Release or recycle the worker, return or keep the slot, record the outcome; then,
+        if the slot was kept for its call, pull that call's next item on this thread."""
         worker_id = slot.worker_id
         if created:
             release = slot.release
@@ -609,33 +626,55 @@ class WorkPool(Generic[X, R]):
             slot.tasks += 1
             if self._must_recycle(slot):
                 self._discard_worker(slot)
+        run = job.run
         with self._lock:
             if job.settled:  # the timer or shutdown(wait=False) already failed this item
-                return False
+                return _EXIT
             job.settled = True
             slot.deadline = None
             slot.running = None
-            self._busy -= 1
             if error is None and created:
                 self._completed += 1
             else:
                 self._failed += 1
             keep = not self._closed
-            if keep:
+            pull = keep and self._may_pull_locked(run)
+            if pull:
+                pass  # still busy: the slot serves its call's next item itself
+            elif keep:
+                self._busy -= 1
                 slot.state = IDLE
                 self._idle.append(slot)
                 if self._waiters:
                     self._waiters.pop(0).release()
             else:
+                self._busy -= 1
                 slot.state = RETIRED
                 self._slots.discard(slot)
-        run = job.run
         if error is None and created:
             run.success(job.index, job.item, value, worker_id, duration)
         else:
             assert error is not None
             run.failure(job.index, job.item, error, worker_id, duration)
-        return keep
+        if not keep:
+            return _EXIT
+        if not pull:
+            return None
+        feed = run.feed
+        nxt = None if feed is None else feed.try_pull(run)
+        if nxt is None:
+            self._return_unused(slot)  # let the dispatcher (or another call) have it
+            return None
+        slot.running = nxt
+        return nxt
+
+    def _may_pull_locked(self, run: Run[X, R]) -> bool:
+        """Whether a slot that finished an item of ``run`` may pull its next one itself:
+        not when the call stops, and not while another call waits for a slot (fairness)."""
+        if run.stopping or self._breaker_tripped(run):
+            return False
+        wakeup = run.wakeup
+        return all(waiter is wakeup for waiter in self._waiters)
 
     def _ensure_worker(self, slot: Slot) -> Optional[BaseException]:
         """Give the slot a usable worker; return the error when one cannot be made."""
