@@ -39,6 +39,7 @@ from ._framing import (
     split_frame,
 )
 from ._listeners import EVERY, FUTURE, ListenerRegistry, Registration
+from ._wire import Frame, enable_read_slices, read_frame
 
 __all__ = ["Endpoint", "ExitcodeHook", "shutdown_socket"]
 
@@ -47,8 +48,9 @@ logger = logging.getLogger("workerkit")
 ExitcodeHook = Callable[[float], Optional[int]]
 """Waits up to the given seconds for the peer process to end; returns its exit code."""
 
-# A waiting thread that reads for itself polls in slices this long (ms), to notice its
-# future being cancelled or resolved by someone else.
+# A waiting thread that reads for itself reads in slices this long (ms), to notice its
+# future being cancelled or resolved by someone else; the reader thread too, to notice a
+# waiting thread that wants to read for itself. See _wire.
 _SLICE_MS = 50
 
 # While waiting threads read for themselves, the reader thread stays parked this long
@@ -90,13 +92,16 @@ class Endpoint:
         self._waiter_poll = _poller(conn)  # used only with _read_lock held
         # Frames a waiting thread read but may not dispatch (a callback listener appeared:
         # callbacks run on the reader thread), and the pipe that wakes the reader for them.
-        self._handoff: Deque[bytes] = deque()
+        self._handoff: Deque[Frame] = deque()
         # When a waiting thread last read for itself, and the signal that calls the reader
         # back early (a callback listener registered, a frame handed over, EOF, close).
         self._last_drive = 0.0
         self._unpark = threading.Event()
         self._wake_r = self._wake_w = -1
         self._reader: Optional[threading.Thread] = None
+        # Reads block for one slice at most (SO_RCVTIMEO) instead of polling first; set
+        # once, by the first reader or waiting thread (see _wire).
+        self._sliced = False
         self._is_closed = False
         self._closed_event = threading.Event()
         self._close_message = "channel is closed"
@@ -151,6 +156,7 @@ class Endpoint:
         with self._state_lock:
             if self._is_closed or self._reader is not None:
                 return
+            self._enable_slices()
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -173,16 +179,34 @@ class Endpoint:
             self._close_wake_pipe()
 
     def _read_next(self) -> bool:
-        """Reader thread: wait for data WITHOUT the read lock (so a waiting thread may read
-        it itself), then read and dispatch one frame under it; ``False`` once done."""
+        """Reader thread: read and dispatch one frame; ``False`` once done. Stays off the
+        read lock while a waiting thread reads for itself (see :meth:`drive`)."""
+        if self._driving() and not self._handoff and not self.registry.callbacks and not self._is_closed:
+            # Stay off the lock a waiting thread needs, instead of taking it between two
+            # of its round trips and forcing it to wait for us.
+            self._unpark.clear()  # before the wait: a call-back during it is never lost
+            self._unpark.wait(_LINGER)
+            return True
+        if not self._sliced:
+            return self._poll_next()
+        try:
+            with self._read_lock:
+                if self._handoff:
+                    _drain(self._wake_r)
+                while self._handoff:  # frames a waiting thread read before us: in order
+                    self._handle_frame(self._handoff.popleft())
+                frame = read_frame(self._data_fd)  # one slice at most: then look again
+                return True if frame is None else self._take_frame(frame, driver=False)
+        except (EOFError, OSError, ValueError):  # EOF, or the connection was closed under us
+            return False
+
+    def _poll_next(self) -> bool:
+        """``_read_next`` for a connection that is not a socket: poll without the read
+        lock (so a waiting thread may read the data itself), then read under it."""
         try:
             ready = self._reader_poll.poll()
             if self._driving() and not self._handoff and not self.registry.callbacks and not self._is_closed:
-                # A waiting thread reads for itself: stay off the lock it needs, instead of
-                # taking it between two of its round trips and forcing it to wait for us.
-                self._unpark.clear()  # before the wait: a call-back during it is never lost
-                self._unpark.wait(_LINGER)
-                return True
+                return True  # parks on the next call
             with self._read_lock:
                 if any(fd == self._wake_r for fd, _ in ready):
                     _drain(self._wake_r)
@@ -199,23 +223,38 @@ class Endpoint:
 
         A round trip then costs no thread hand-off. Only while no callback listener is
         registered (callbacks run on the reader thread, as the contract says) and no one
-        else is reading; otherwise it returns at once and the caller waits as usual.
+        else is reading; otherwise it returns at once and the caller waits as usual (and
+        the reader steps aside for the next round trip).
         """
-        if self.registry.callbacks or self._is_closed or not self._read_lock.acquire(blocking=False):
+        if self.registry.callbacks or self._is_closed:
+            return timeout
+        if not self._read_lock.acquire(blocking=False):
+            self._last_drive = time.monotonic()  # ask the reader to step aside next time
             return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            self._enable_slices()
             while not future.done() and not self._is_closed and not self.registry.callbacks:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                # In slices, so a future cancelled (or resolved) elsewhere is noticed.
-                wait_ms = _SLICE_MS if remaining is None else max(1, min(_SLICE_MS, int(remaining * 1000)))
-                if not self._waiter_poll.poll(wait_ms):
-                    continue
-                if not self._read_one(driver=True):
+                if self._sliced and (remaining is None or remaining >= _SLICE_MS / 1000):
+                    frame = read_frame(self._data_fd)  # one slice at most
+                    if frame is None:
+                        continue
+                    more = self._take_frame(frame, driver=True)
+                else:
+                    # Less than a slice left (or no slices): poll exactly the time left.
+                    wait_ms = max(1, min(_SLICE_MS, int(remaining * 1000))) if remaining else _SLICE_MS
+                    if not self._waiter_poll.poll(wait_ms):
+                        continue
+                    more = self._read_one(driver=True)
+                if not more:
                     self._unpark.set()
                     break  # EOF, or a frame handed to the reader: let it take over
+        except EOFError:
+            self.peer_lost()  # fail every future now: the parked reader may not look soon
+            self._unpark.set()
         except (OSError, ValueError):
             self._unpark.set()  # closed under us: the reader thread reports it
         finally:
@@ -223,26 +262,43 @@ class Endpoint:
             self._read_lock.release()
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
+    def _enable_slices(self) -> None:
+        if not self._sliced and not self._is_closed:
+            self._sliced = enable_read_slices(self._conn, _SLICE_MS / 1000)
+
     def _driving(self) -> bool:
         """A waiting thread reads now, or did within the last ``_LINGER`` seconds."""
         return self._read_lock.locked() or time.monotonic() - self._last_drive < _LINGER
 
     def _read_one(self, driver: bool = False) -> bool:
-        """Read and dispatch one message; ``False`` at EOF or once the channel is closed.
+        """Read (waiting as long as it takes) and dispatch one message; ``False`` at EOF or
+        once the channel is closed.
 
         A waiting thread (``driver``) that finds a callback listener registered hands the
         frame to the reader thread instead, and returns ``False`` to stop driving.
         """
         try:
-            frame = self._conn.recv_bytes()
+            frame = self._recv()
         except (EOFError, OSError):
             if driver:
                 self.peer_lost()  # fail every future now: the parked reader may not look soon
             return False
+        return self._take_frame(frame, driver)
+
+    def _recv(self) -> Frame:
+        if not self._sliced:
+            return self._conn.recv_bytes()
+        while True:
+            frame = read_frame(self._data_fd)
+            if frame is not None:
+                return frame
+
+    def _take_frame(self, frame: Frame, driver: bool) -> bool:
+        """Dispatch a frame just read; see :meth:`_read_one`."""
         if self._is_closed:  # closed while we read: deliver nothing more
             return False
         if not self._handle_frame(frame, driver):
-            self._handoff.append(frame)
+            self._handoff.append(bytes(frame))
             try:
                 os.write(self._wake_w, b"!")
             except BlockingIOError:  # the pipe is full of wake-ups already
@@ -250,7 +306,7 @@ class Endpoint:
             return False
         return True
 
-    def _handle_frame(self, frame: bytes, driver: bool = False) -> bool:
+    def _handle_frame(self, frame: Frame, driver: bool = False) -> bool:
         """Decode and dispatch one frame; ``False`` (nothing done) when a waiting thread
         (``driver``) reads a frame that a callback listener wants: callbacks run on the
         reader thread only, so the caller hands the frame over."""

@@ -15,7 +15,7 @@ cheaply, before (and even when) the body fails to unpickle, so it can fail the
 from __future__ import annotations
 
 import pickle
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import WorkerKitError
 
@@ -73,7 +73,7 @@ def encode_frame(event_type: str, data: Optional[Mapping[str, Any]]) -> bytes:
     return b"".join((bytes((len(name),)), name, body))
 
 
-def split_frame(frame: bytes) -> Tuple[str, memoryview]:
+def split_frame(frame: Union[bytes, bytearray]) -> Tuple[str, memoryview]:
     """The event type and the (still pickled) body of ``frame``."""
     if not frame:
         raise MalformedFrameError("empty frame")

@@ -66,6 +66,7 @@ Closing rules:
 from __future__ import annotations
 
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from multiprocessing.connection import Connection
 from typing import Any, Mapping, Optional, Union, overload
 
@@ -74,6 +75,8 @@ from ._framing import CommEvent, encode_frame
 from ._listeners import EVERY, FUTURE, ONCE, Handler, OnceCallback, Registration, Remover
 
 __all__ = ["ProcessCommChannel", "CommEvent"]
+
+_DONE_STATES = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
 
 
 def _noop() -> None:
@@ -206,9 +209,16 @@ class _DrivenFuture(Future[CommEvent]):
             self.registration.remove()
         return cancelled
 
+    def done(self) -> bool:
+        # A plain read of the state: it only moves forward, so a stale False is harmless
+        # (the caller waits under the lock next) and the driving loop asks it often.
+        return self._state in _DONE_STATES
+
     def result(self, timeout: Optional[float] = None) -> CommEvent:
-        if not self.done():
+        if self._state not in _DONE_STATES:
             timeout = self._endpoint.drive(self, timeout)
+        if self._state == FINISHED and self._exception is None:
+            return self._result  # type: ignore[return-value]  # settled: no lock needed
         return super().result(timeout)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
