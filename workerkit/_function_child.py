@@ -81,7 +81,9 @@ def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence
 
 def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
     """Answer call frames until the parent closes the channel."""
-    recv, send, loads = conn.recv_bytes, conn.send_bytes, pickle.loads
+    from .comm._wire import FrameReader
+
+    recv, send, loads = FrameReader(conn.fileno()).read, conn.send_bytes, pickle.loads
     while True:
         frame = recv()
         reply: Union[bytes, memoryview]

@@ -415,6 +415,8 @@ class WorkPool(Generic[X, R]):
             if feed.slot_first and self._acquire_slot(run, take=False) is None:
                 return
             with feed.lock:
+                if feed.error is not None:  # a slot's pull raised: never ask the source again
+                    return
                 if feed.exhausted or not has_next():
                     feed.exhausted = True
                     return
@@ -425,7 +427,7 @@ class WorkPool(Generic[X, R]):
             with feed.lock:
                 try:
                     # A slot may have taken the item has_next() saw: ask again before next().
-                    more = not feed.exhausted and (run.submitted == seen or has_next())
+                    more = feed.error is None and not feed.exhausted and (run.submitted == seen or has_next())
                     item = pull() if more else None
                 except BaseException as exc:
                     self._return_unused(slot)

@@ -29,6 +29,7 @@ from ._function_child import (
     tagged,
 )
 from .comm import ParentCommChannel
+from .comm._wire import Frame, FrameReader
 from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
 from .worker import Worker, next_worker_id
 
@@ -204,6 +205,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
         super().__init__()
         self.channel = channel
         self._conn = channel.connection
+        self._frames = FrameReader(self._conn.fileno())  # one read per reply
         self._init_timeout = init_timeout
 
     def init(self) -> None:
@@ -260,9 +262,9 @@ class _FunctionWorker(ChannelWorker[X, R]):
     def destroy(self) -> None:
         self.channel.destroy()
 
-    def _recv(self) -> bytes:
+    def _recv(self) -> Frame:
         try:
-            return self._conn.recv_bytes()
+            return self._frames.read()
         except (EOFError, OSError):
             raise self._closed() from None
 
@@ -270,7 +272,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
         return child_ended(self.channel, "the function worker")
 
 
-def _remote_error(frame: bytes, prefix: str = "") -> RemoteError:
+def _remote_error(frame: Frame, prefix: str = "") -> RemoteError:
     message, remote_type, remote_tb = pickle.loads(memoryview(frame)[1:])
     return RemoteError(prefix + message, remote_type, remote_tb)
 

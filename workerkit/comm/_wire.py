@@ -26,11 +26,12 @@ import struct
 from multiprocessing.connection import Connection
 from typing import Optional, Union
 
-__all__ = ["enable_read_slices", "read_frame"]
+__all__ = ["FrameReader", "enable_read_slices", "read_frame"]
 
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 20  # large frames are read into one buffer, at most this much per call
+_READ_SIZE = 1 << 16  # FrameReader: one read takes a small frame's header and body at once
 
 Frame = Union[bytes, bytearray]
 
@@ -95,3 +96,61 @@ def _read_some(fd: int, limit: int) -> bytes:
         if not data:
             raise EOFError("the peer closed the connection in the middle of a message")
         return data
+
+
+class FrameReader:
+    """Reads frames from a blocking ``fd`` with one ``read`` per small frame.
+
+    ``Connection.recv_bytes`` reads the 4-byte header, then the body: two system calls per
+    message. This reads up to 64 KiB at once and keeps what belongs to the next frames, so
+    frames sent back to back (a pipelined child's replies) cost one call between them. A
+    frame larger than what has arrived is read straight into one buffer of its size.
+
+    Only for a connection read by this object alone: bytes it buffered are invisible to
+    ``poll()`` and to ``recv_bytes``.
+    """
+
+    __slots__ = ("_fd", "_buf", "_pos")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = b""
+        self._pos = 0
+
+    def buffered(self) -> bool:
+        """Whether bytes of a next frame were already read (a poll would not see them)."""
+        return self._pos < len(self._buf)
+
+    def read(self) -> Frame:
+        """The next frame, waiting as long as it takes; ``EOFError`` at EOF."""
+        self._want(4)
+        (size,) = _HEADER.unpack_from(self._buf, self._pos)
+        self._pos += 4
+        if size == -1:
+            self._want(8)
+            (size,) = _BIG_HEADER.unpack_from(self._buf, self._pos)
+            self._pos += 8
+        start = self._pos
+        if len(self._buf) - start >= size:
+            self._pos = start + size
+            return self._buf[start : start + size]
+        out = bytearray(size)
+        have = len(self._buf) - start
+        out[:have] = memoryview(self._buf)[start:]
+        self._buf, self._pos = b"", 0
+        view = memoryview(out)
+        while have < size:
+            got = os.readv(self._fd, [view[have : have + _CHUNK]])
+            if not got:
+                raise EOFError("the peer closed the connection in the middle of a message")
+            have += got
+        return out
+
+    def _want(self, count: int) -> None:
+        """At least ``count`` unread bytes in the buffer."""
+        while len(self._buf) - self._pos < count:
+            data = os.read(self._fd, _READ_SIZE)
+            if not data:
+                raise EOFError("the peer closed the connection")
+            rest = self._buf[self._pos :]
+            self._buf, self._pos = (rest + data if rest else data), 0

@@ -40,6 +40,17 @@ _TERM_GRACE = 1.0
 _KILL_WAIT = 10.0
 
 _atexit_registered = False
+# This process's pid, kept current across forks without a system call per check (a pool
+# asks ``active`` after every item).
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
 _atexit_lock = threading.Lock()  # register the atexit hook exactly once
 
 
@@ -213,7 +224,7 @@ class ParentCommChannel(ProcessCommChannel):
     @property
     def active(self) -> bool:
         """Open, and the child is alive."""
-        if self._endpoint.closed or self._process_closed or os.getpid() != self._owner_pid:
+        if self._endpoint.closed or self._process_closed or _pid != self._owner_pid:
             return False
         return self._process.is_alive()
 
