@@ -345,3 +345,34 @@ def test_function_worker_pool_over_a_list() -> None:
     assert (summary.submitted, summary.completed, summary.failed) == (1000, 1000, 0)
     assert sorted(o.index for o in outcomes) == list(range(1000))
     assert all(o.input == items[o.index] and o.value == abs(o.input) for o in outcomes)
+
+
+def test_a_source_that_raised_on_a_slots_pull_is_never_asked_again() -> None:
+    """After the source raised on a pool thread's pull, nobody calls it again: process()
+    re-raises that very exception."""
+    from workerkit import IterableInputSource
+
+    data = {i: i for i in range(400)}
+    raised: List[BaseException] = []
+    calls_after: List[str] = []
+
+    class Watched(IterableInputSource[int]):
+        def has_next(self) -> bool:
+            if raised:
+                calls_after.append(threading.current_thread().name)
+            try:
+                return super().has_next()
+            except RuntimeError as exc:
+                raised.append(exc)
+                raise
+
+    def grow(item: int) -> int:
+        if item == 50:
+            data[1000] = 1000  # the dict changes size: its iterator raises on the next pull
+        return item
+
+    with pool_of(grow, max_workers=2) as pool:
+        with pytest.raises(RuntimeError) as caught:
+            pool.process(Watched(data))
+    assert len(raised) == 1 and caught.value is raised[0]
+    assert calls_after == []

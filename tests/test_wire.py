@@ -148,3 +148,35 @@ def test_waiter_and_reader_take_turns_without_losing_a_message() -> None:
         assert seen == list(range(200))
     finally:
         channel.destroy()
+
+
+def test_frame_reader_splits_frames_that_arrive_in_one_read(pipe) -> None:
+    from workerkit.comm._wire import FrameReader
+
+    reader, writer = pipe
+    payloads = [b"first", b"", os.urandom(100), b"x" * 70_000, os.urandom(3_000_000), b"last"]
+    thread = threading.Thread(target=lambda: [writer.send_bytes(p) for p in payloads])
+    thread.start()
+    frames = FrameReader(reader.fileno())
+    got = [bytes(frames.read()) for _ in payloads]
+    thread.join()
+    assert got == payloads
+    assert not frames.buffered()
+
+
+def test_frame_reader_keeps_a_frame_cut_anywhere_and_reports_eof(pipe) -> None:
+    from workerkit.comm._wire import FrameReader
+
+    reader, writer = pipe
+    one = struct.pack("!i", 5) + b"hello"
+    two = struct.pack("!i", 3) + b"abc"
+    data = one + two
+    thread = _write_slowly(writer.fileno(), data, [1, 7, 10], pause=0.01)
+    frames = FrameReader(reader.fileno())
+    assert frames.read() == b"hello"
+    assert frames.read() == b"abc"
+    thread.join()
+    os.write(writer.fileno(), struct.pack("!i", 10) + b"abc")
+    writer.close()
+    with pytest.raises(EOFError):
+        frames.read()
