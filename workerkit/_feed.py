@@ -32,9 +32,11 @@ class Feed(Generic[X]):
     """The pulling state of one call; fields are guarded by ``lock``."""
 
     def __init__(
-        self, src: InputSource[X], credits: Optional[threading.Semaphore], slot_first: bool
+        self, src: InputSource[X], credits: Optional[threading.Semaphore], slot_first: bool,
+        chunksize: int = 1,
     ) -> None:
         self.src = src
+        self.chunksize = chunksize
         self.lock = threading.Lock()
         self.credits = credits
         self.slot_first = slot_first
@@ -44,6 +46,7 @@ class Feed(Generic[X]):
         self._poll: Optional[Callable[[], Optional[bool]]] = (
             src._poll if isinstance(src, IterableInputSource) else None
         )
+        self._fed_by_hand = isinstance(src, IterableInputSource) and src._fed_by_hand()
 
     def try_pull(self, run: Any) -> Optional[Job]:
         """The next item as a job for a slot that just became free; None if that would wait.
@@ -64,8 +67,7 @@ class Feed(Generic[X]):
                 more = poll()
                 if more:
                     if not run.stopping:  # else the read-ahead stays buffered for give_back
-                        item = self.src.next()
-                        return Job(run.submit(), item, run)
+                        return self.make_job(run, self.src.next(), may_wait=False)
                 elif more is not None:
                     self.exhausted = True
             except BaseException as exc:
@@ -77,6 +79,38 @@ class Feed(Generic[X]):
             return None
         finally:
             self.lock.release()
+
+    def make_job(self, run: Any, item: X, *, may_wait: bool) -> Job:
+        """The job for ``item``, just pulled; under the lock.
+
+        With ``chunksize`` > 1 the items that follow join it, up to a chunk: those the
+        source has ready, and (``may_wait``, the dispatcher) those it may wait for. An error
+        of the source while filling keeps the items pulled so far and stops the call.
+        """
+        size = self.chunksize
+        if size == 1:
+            return Job(run.submit(), item, run)
+        items = [item]
+        more: Callable[[], Optional[bool]] = self.src.has_next
+        if self._poll is not None and (not may_wait or self._fed_by_hand):
+            more = self._poll  # never wait for a producer to fill a chunk
+        credits = self.credits  # one per item: a stream's consumer returns one per outcome
+        try:
+            while len(items) < size and not run.stopping:
+                if credits is not None and not credits.acquire(blocking=False):
+                    break
+                ready = more()
+                if not ready and credits is not None:
+                    credits.release()
+                if not ready:
+                    self.exhausted = ready is not None
+                    break
+                items.append(self.src.next())
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            run.stopping = True
+        return Job(run.submit(len(items)), items, run, items)
 
     def close(self) -> None:
         """No more pulls for this call; a read-ahead item goes back to its source."""

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 __all__ = ["check_process_options", "check_positive", "default_max_workers", "resolve_max_workers"]
 
-_PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress")
+_PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress", "chunksize")
 
 
 def check_process_options(**options: Any) -> None:
@@ -23,6 +23,16 @@ def check_process_options(**options: Any) -> None:
     progress = options.get("progress")
     if progress not in (None, True, False) and not callable(progress):
         raise TypeError(f"progress must be True, False, None or a callable(done, total), got {progress!r}")
+    check_chunksize(options.get("chunksize", 1))
+
+
+def check_chunksize(chunksize: Any) -> int:
+    """``chunksize`` as given, or a ValueError saying what it must be."""
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(
+            f"chunksize must be an int >= 1 (items per message to a worker), got {chunksize!r}"
+        )
+    return chunksize
 
 
 def default_max_workers() -> int:

@@ -57,10 +57,11 @@ class Run(Generic[X, R]):
         self.breaker_error: Optional[BaseException] = None
         self.started = time.monotonic()
 
-    def submit(self) -> int:
-        """Count one pulled item as in flight; return its index. Under the feed's lock."""
+    def submit(self, count: int = 1) -> int:
+        """Count ``count`` pulled items as in flight; return the first one's index. Under
+        the feed's lock."""
         index = self.submitted
-        self.submitted = index + 1  # only written under the feed's lock
+        self.submitted = index + count  # only written under the feed's lock
         return index
 
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 __all__ = ["Job", "Slot", "IDLE", "BUSY", "RETIRED", "STOP", "rss_bytes"]
 
@@ -22,12 +22,14 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class Job:
     """One pulled item on its way through a slot."""
 
-    __slots__ = ("index", "item", "run", "settled", "started")
+    __slots__ = ("index", "item", "run", "settled", "started", "items")
 
-    def __init__(self, index: int, item: Any, run: Any):
-        self.index = index
+    def __init__(self, index: int, item: Any, run: Any, items: Optional[List[Any]] = None):
+        self.index = index  # of the item, or of a chunk's first item
         self.item = item
         self.run = run
+        # A chunk (``chunksize`` > 1): these items, at indexes ``index``, ``index + 1``...
+        self.items = items
         # Set (under the pool lock) by whoever records the item's outcome first: the slot
         # thread, the timeout timer, or ``shutdown(wait=False)``. Prevents double counting.
         self.settled = False

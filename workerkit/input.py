@@ -144,6 +144,10 @@ class IterableInputSource(Generic[X]):
         self._buffered = item
         return True
 
+    def _fed_by_hand(self) -> bool:
+        """Whether items come from a :class:`DynamicIterator` (a producer, maybe slow)."""
+        return isinstance(self._iterator, DynamicIterator)
+
     def give_back(self) -> None:
         """Return an item read ahead by ``has_next()`` to where it came from, when possible.
 

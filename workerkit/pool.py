@@ -48,12 +48,13 @@ from typing import (
     List,
     Optional,
     Set,
+    Tuple,
     TypeVar,
     Union,
 )
 
 from ._feed import Feed
-from ._options import check_positive, check_process_options, resolve_max_workers
+from ._options import check_chunksize, check_positive, check_process_options, resolve_max_workers
 from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, chunked, flatten_chunks, in_order, map_results
 from ._run import Run
@@ -161,20 +162,26 @@ class WorkPool(Generic[X, R]):
         on_error: Optional[OutcomeCallback[X, R]] = None,
         raise_on_error: bool = True,
         progress: ProgressArg = None,
+        chunksize: int = 1,
     ) -> ProcessSummary:
         """Run every item of ``source`` through the workers; block until all have finished.
 
         Raises :class:`WorkPoolError` (``.summary``, ``__cause__`` = the first error) when an
         item failed and ``raise_on_error`` is true; re-raises an error of the source itself
         after the in-flight items finished.
+
+        ``chunksize`` > 1 hands each worker up to that many items at once (one message to a
+        function worker's child), so up to ``max_workers * chunksize`` items are in flight;
+        outcomes, callbacks and counts stay per item. It pays off for tiny items.
         """
         self._check_open()
         src = as_input_source(source)
-        check_process_options(on_complete=on_complete, on_error=on_error, progress=progress)
+        check_process_options(on_complete=on_complete, on_error=on_error, progress=progress,
+                              chunksize=chunksize)
         reporter = make_progress(progress, source_length(source), self.name)
         run: Run[X, R] = Run(on_complete, on_error, reporter)
         try:
-            self._drive(src, run, slot_first=src is not source)
+            self._drive(src, run, slot_first=src is not source, chunksize=chunksize)
         finally:
             run.close_progress()
         summary = run.summary()
@@ -188,15 +195,18 @@ class WorkPool(Generic[X, R]):
             ) from first
         return summary
 
-    def stream(self, source: Source[X], *, ordered: bool = False) -> Iterator[Outcome[X, R]]:
+    def stream(
+        self, source: Source[X], *, ordered: bool = False, chunksize: int = 1
+    ) -> Iterator[Outcome[X, R]]:
         """Yield each item's :class:`Outcome` as it finishes (in input order with ``ordered``).
 
         Failed items are yielded as failed outcomes. Leaving the loop early stops pulling
-        and waits for the items in flight.
+        and waits for the items in flight. ``chunksize`` as for :meth:`process`.
         """
         self._check_open()
         src = as_input_source(source)
-        return self._stream(src, ordered, src is not source)
+        check_chunksize(chunksize)
+        return self._stream(src, ordered, src is not source, chunksize)
 
     def start(self, source: Source[X], **process_kwargs: Any) -> Future[ProcessSummary]:
         """Run :meth:`process` on a background thread; the future holds its summary."""
@@ -323,7 +333,9 @@ class WorkPool(Generic[X, R]):
 
     # ------------------------------------------------------------------ dispatching
 
-    def _stream(self, src: InputSource[X], ordered: bool, slot_first: bool) -> Iterator[Outcome[X, R]]:
+    def _stream(
+        self, src: InputSource[X], ordered: bool, slot_first: bool, chunksize: int = 1
+    ) -> Iterator[Outcome[X, R]]:
         """Dispatch on a background thread; hand outcomes to the consuming thread."""
         outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Credits bound how far the dispatcher runs ahead of the consumer, so a slow
@@ -334,7 +346,7 @@ class WorkPool(Generic[X, R]):
 
         def dispatch() -> None:
             try:
-                self._drive(src, run, credits, slot_first=slot_first)
+                self._drive(src, run, credits, slot_first=slot_first, chunksize=chunksize)
             except BaseException as exc:
                 raised.append(exc)
             finally:
@@ -357,10 +369,10 @@ class WorkPool(Generic[X, R]):
 
     def _drive(
         self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore] = None,
-        *, slot_first: bool = False,
+        *, slot_first: bool = False, chunksize: int = 1,
     ) -> None:
         """Dispatch every item of ``src``, then wait for those in flight (the caller's thread)."""
-        feed: Feed[X] = Feed(src, credits, slot_first)
+        feed: Feed[X] = Feed(src, credits, slot_first, chunksize)
         run.feed = feed
         with self._lock:
             self._runs.add(run)
@@ -428,17 +440,16 @@ class WorkPool(Generic[X, R]):
                 try:
                     # A slot may have taken the item has_next() saw: ask again before next().
                     more = feed.error is None and not feed.exhausted and (run.submitted == seen or has_next())
-                    item = pull() if more else None
+                    if not more:
+                        feed.exhausted = True
+                        self._return_unused(slot)
+                        return
+                    job = feed.make_job(run, pull(), may_wait=True)
                 except BaseException as exc:
                     self._return_unused(slot)
                     if isinstance(exc, StopIteration):
                         return
                     raise
-                if not more:
-                    feed.exhausted = True
-                    self._return_unused(slot)
-                    return
-                job = Job(run.submit(), item, run)
             slot.running = job  # before the hand-off: shutdown(wait=False) can fail it at once
             slot.assign(job)
 
@@ -607,12 +618,29 @@ class WorkPool(Generic[X, R]):
             self._set_deadline(slot, job)
         job.started = started = time.perf_counter()
         try:
-            value = execute(job.item)
+            value = execute(job.item) if job.items is None else self._execute_chunk(slot, job.items)
             error: Optional[BaseException] = None
         except BaseException as exc:  # SystemExit & co. fail the item, never the pool
             value, error = None, exc
         duration = time.perf_counter() - started
         return self._finish(slot, job, value, error, duration, created=True)
+
+    @staticmethod
+    def _execute_chunk(slot: Slot, items: List[Any]) -> List[Tuple[bool, Any]]:
+        """``[(ok, value or error)]`` for a chunk: in one call when the worker has
+        ``execute_chunk(items)`` (a function worker: one message), else item by item."""
+        execute_chunk = getattr(slot.worker, "execute_chunk", None)
+        if execute_chunk is not None:
+            return execute_chunk(items)  # type: ignore[no-any-return]
+        execute = slot.execute
+        assert execute is not None
+        results: List[Tuple[bool, Any]] = []
+        for item in items:
+            try:
+                results.append((True, execute(item)))
+            except BaseException as exc:  # as for one item: it fails, the chunk goes on
+                results.append((False, exc))
+        return results
 
     def _finish(
         self, slot: Slot, job: Job, value: Any, error: Optional[BaseException],
@@ -625,20 +653,24 @@ class WorkPool(Generic[X, R]):
             release = slot.release
             if release is not None:
                 self._release(slot, release)
-            slot.tasks += 1
+            slot.tasks += 1 if job.items is None else len(job.items)
             if self._must_recycle(slot):
                 self._discard_worker(slot)
         run = job.run
+        ok = error is None and created
+        if job.items is None:
+            good = 1 if ok else 0
+        else:
+            good = sum(1 for done, _ in value if done) if ok else 0
+        bad = (1 if job.items is None else len(job.items)) - good
         with self._lock:
             if job.settled:  # the timer or shutdown(wait=False) already failed this item
                 return _EXIT
             job.settled = True
             slot.deadline = None
             slot.running = None
-            if error is None and created:
-                self._completed += 1
-            else:
-                self._failed += 1
+            self._completed += good
+            self._failed += bad
             keep = not self._closed
             pull = keep and self._may_pull_locked(run)
             if pull:
@@ -653,11 +685,7 @@ class WorkPool(Generic[X, R]):
                 self._busy -= 1
                 slot.state = RETIRED
                 self._slots.discard(slot)
-        if error is None and created:
-            run.success(job.index, job.item, value, worker_id, duration)
-        else:
-            assert error is not None
-            run.failure(job.index, job.item, error, worker_id, duration)
+        self._record(job, value if ok else None, error, worker_id, duration)
         if not keep:
             return _EXIT
         if not pull:
@@ -669,6 +697,31 @@ class WorkPool(Generic[X, R]):
             return None
         slot.running = nxt
         return nxt
+
+    @staticmethod
+    def _record(
+        job: Job, value: Any, error: Optional[BaseException], worker_id: Any, duration: float
+    ) -> None:
+        """Report a job's outcome(s) to its call: ``error`` fails every item of the job;
+        else ``value`` is the item's value, or a chunk's ``[(ok, value or error)]`` (each
+        item of a chunk gets an equal share of its duration)."""
+        run, index = job.run, job.index
+        if job.items is None:
+            if error is None:
+                run.success(index, job.item, value, worker_id, duration)
+            else:
+                run.failure(index, job.item, error, worker_id, duration)
+            return
+        share = duration / len(job.items)
+        for offset, item in enumerate(job.items):
+            if error is not None:
+                run.failure(index + offset, item, error, worker_id, share)
+                continue
+            done, result = value[offset]
+            if done:
+                run.success(index + offset, item, result, worker_id, share)
+            else:
+                run.failure(index + offset, item, result, worker_id, share)
 
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
         """Whether a slot that finished an item of ``run`` may pull its next one itself:
@@ -792,7 +845,7 @@ class WorkPool(Generic[X, R]):
             job.settled = True
             slot.deadline = None
             self._busy -= 1
-            self._failed += 1
+            self._failed += 1 if job.items is None else len(job.items)
             slot.state = RETIRED
             self._slots.discard(slot)
             self._wake_dispatchers_locked()
@@ -803,7 +856,7 @@ class WorkPool(Generic[X, R]):
         if worker is not None:
             self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
         ran = time.perf_counter() - job.started if job.started else 0.0
-        job.run.failure(job.index, job.item, error, worker_id, ran)
+        self._record(job, None, error, worker_id, ran)
 
     # ------------------------------------------------------------------ task timeouts
 
@@ -811,7 +864,9 @@ class WorkPool(Generic[X, R]):
         assert self._task_timeout is not None
         with self._lock:
             slot.running = job
-            slot.deadline = time.monotonic() + self._task_timeout
+            # A chunk's items run one after the other: each gets the whole timeout.
+            budget = self._task_timeout * (1 if job.items is None else len(job.items))
+            slot.deadline = time.monotonic() + budget
             if self._timer is None:
                 self._timer = threading.Thread(target=self._timer_main, name="workerkit-timeout", daemon=True)
                 self._threads[self._timer] = True
