@@ -7,7 +7,8 @@ Workloads (2 workers everywhere):
 3. latency     - channel round trip parent -> child -> parent: median and p99 (us)
 4. start-up    - a 2-worker pool until both workers finished a first item, per start method
 5. CPU-bound   - 10 ms busy items: busy fraction = child CPU time / (2 x wall time)
-6. chunked map - ``WorkPool.map(chunksize=c)`` beside ``Pool.map``'s default chunking, both
+6. chunked map - ``WorkPool.map(chunksize=c)`` and ``WorkPool(function_worker).process(
+                 chunksize=c)`` beside ``Pool.map``'s default chunking, all
                  timed from the call (start-up included); only if ``map`` has ``chunksize``
 
 Rows are interleaved (A B C ... A B C ...) so machine drift hits all alike; each figure
@@ -356,7 +357,7 @@ def cold_wk_map(method: str, chunksize: int) -> MapRun:
         values: List[Any] = []
         elapsed = None
         start = time.perf_counter()
-        results = WorkPool.map(fn, items, max_workers=WORKERS, start_method=method,  # type: ignore[call-arg]
+        results = WorkPool.map(fn, items, max_workers=WORKERS, start_method=method,
                                chunksize=chunksize)
         try:
             for value in results:
@@ -369,6 +370,35 @@ def cold_wk_map(method: str, chunksize: int) -> MapRun:
         assert elapsed is not None
         return elapsed, values
     return run
+
+
+def cold_wk_process(method: str, chunksize: int) -> MapRun:
+    """``WorkPool(function_worker).process(..., chunksize=c)`` from creating the pool to the
+    last item finished (start-up included); values collected per item by ``on_complete``."""
+    def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
+        got: List[Any] = [None] * len(items)
+
+        def keep(outcome: Any) -> None:
+            got[outcome.index] = outcome.value
+
+        start = time.perf_counter()
+        pool: WorkPool[Any, Any] = WorkPool(
+            lambda: function_worker(fn, start_method=method), max_workers=WORKERS
+        )
+        try:
+            summary = pool.process(items, on_complete=keep, chunksize=chunksize)
+            elapsed = time.perf_counter() - start
+        finally:
+            pool.shutdown()
+        check(summary.completed == len(items) and not summary.failed, f"summary {summary}")
+        return elapsed, got
+    return run
+
+
+def wk_process_supports_chunksize() -> bool:
+    import inspect
+
+    return "chunksize" in inspect.signature(WorkPool.process).parameters
 
 
 def cold_pool_map(method: str) -> MapRun:
@@ -977,6 +1007,9 @@ def main() -> None:
         for m in methods:
             rows.append(Row(f"workerkit.map.chunked/{m}", f"WorkPool.map(chunksize={chunk})", m, True,
                             cold_wk_map(m, chunk)))
+            if wk_process_supports_chunksize():
+                rows.append(Row(f"workerkit.process.chunked/{m}", f"WorkPool(function_worker).process"
+                                f"(chunksize={chunk})", m, True, cold_wk_process(m, chunk)))
             rows.append(Row(f"mp.Pool.map/{m}", "multiprocessing.Pool(2).map (default chunks)", m, False,
                             cold_pool_map(m)))
         numbers = list(range(chunked_n))
@@ -989,11 +1022,14 @@ def main() -> None:
         by = {r.key: r for r in rows}
         ch_lines = []
         for m in methods:
-            o, p = by[f"workerkit.map.chunked/{m}"], by[f"mp.Pool.map/{m}"]
-            if o.median and p.median:
+            p = by[f"mp.Pool.map/{m}"]
+            for kind in ("map", "process"):
+                o = by.get(f"workerkit.{kind}.chunked/{m}")
+                if o is None or not o.median or not p.median:
+                    continue
                 ratio = p.median / o.median  # time ratio: workerkit's time / Pool.map's time
-                ch_lines.append([f"{p.label} [{m}]", f"{o.median / p.median:.2f}x"])
-                summary.append([f"chunked: WorkPool.map(chunksize) time vs Pool.map [{m}]", "<= 1.2x",
+                ch_lines.append([f"{o.label} vs {p.label} [{m}]", f"{o.median / p.median:.2f}x"])
+                summary.append([f"chunked: WorkPool.{kind}(chunksize) time vs Pool.map [{m}]", "<= 1.2x",
                                 f"{ratio:.2f}x", "yes" if ratio <= 1.2 else "no"])
         ratios_text.append(("chunked map, items/s: workerkit / peer (> 1: workerkit faster)",
                             table(["peer", "ratio"], ch_lines)))

@@ -346,8 +346,6 @@ def test_progress_is_per_item_with_chunks() -> None:
     assert all(a < b for a, b in zip(done, done[1:])), done
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: _function_child._chunk_reply runs fn again on "
-                   "every item of a chunk after any item raised (side effects happen twice)")
 def test_function_worker_runs_fn_once_per_item_when_a_chunk_has_an_error(tmp_path: Any) -> None:
     """fn runs exactly once per item even when another item of its chunk raises."""
     log = str(tmp_path / "calls")
@@ -358,3 +356,33 @@ def test_function_worker_runs_fn_once_per_item_when_a_chunk_has_an_error(tmp_pat
     with open(log) as f:
         calls = sorted(int(line) for line in f)
     assert calls == list(range(10)), f"fn called {len(calls)} times for 10 items: {calls}"
+
+
+class ReleaseCounting(Worker[Any, Any]):
+    """Counts execute and release calls (shared lists); release() raises on call 3."""
+
+    events: List[str] = []
+
+    def execute(self, item: Any) -> Any:
+        ReleaseCounting.events.append(f"execute {item}")
+        return item
+
+    def release(self) -> None:
+        ReleaseCounting.events.append("release")
+        if ReleaseCounting.events.count("release") == 3:
+            raise RuntimeError("release failed")
+
+
+def test_plain_worker_is_released_after_each_execute_of_a_chunk() -> None:
+    """release() follows every execute, inside a chunk too; one that raises replaces the
+    worker and the chunk goes on without losing an item."""
+    ReleaseCounting.events = []
+    with WorkPool(ReleaseCounting, max_workers=1) as pool:
+        summary = pool.process(list(range(20)), chunksize=5)
+        stats = pool.stats()
+    assert (summary.completed, summary.failed) == (20, 0)
+    events = ReleaseCounting.events
+    assert events.count("release") == 20
+    assert [e for e in events if e != "release"] == [f"execute {i}" for i in range(20)]
+    assert all(events[i + 1] == "release" for i, e in enumerate(events) if e.startswith("execute"))
+    assert stats.created == 2 and stats.destroyed == 1

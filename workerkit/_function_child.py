@@ -98,19 +98,30 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
 
 
 def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> bytes:
-    """Run ``fn`` on each item of a chunk. The common case (no error) sends the plain list
-    of values; otherwise every item gets its own ``(ok, value or error)``, so one item's
+    """Run ``fn`` once on each item of a chunk. The common case (no error) sends the plain
+    list of values; otherwise every item gets its own ``(ok, value or error)``, so one item's
     error (or unpicklable result) never costs the others theirs."""
-    try:
-        return BATCH_VALUES + pickle.dumps([fn(item) for item in items], PROTOCOL)
-    except Exception:
-        pass
     results: List[Tuple[bool, Any]] = []
+    failed = False
     for item in items:
         try:
-            value = fn(item)
-            pickle.dumps(value, PROTOCOL)
-            results.append((True, value))
+            results.append((True, fn(item)))
         except Exception as exc:
             results.append((False, describe_error(exc)))
-    return BATCH_RESULT + pickle.dumps(results, PROTOCOL)
+            failed = True
+    if not failed:
+        try:
+            return BATCH_VALUES + pickle.dumps([value for _, value in results], PROTOCOL)
+        except Exception:
+            pass  # a value does not pickle: find which, below
+    return BATCH_RESULT + pickle.dumps([_picklable(ok, value) for ok, value in results], PROTOCOL)
+
+
+def _picklable(ok: bool, value: Any) -> Tuple[bool, Any]:
+    """``(ok, value)``, or the pickling error when ``value`` cannot travel."""
+    if ok:
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception as exc:
+            return False, describe_error(exc)
+    return ok, value

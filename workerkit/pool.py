@@ -625,17 +625,25 @@ class WorkPool(Generic[X, R]):
         duration = time.perf_counter() - started
         return self._finish(slot, job, value, error, duration, created=True)
 
-    @staticmethod
-    def _execute_chunk(slot: Slot, items: List[Any]) -> List[Tuple[bool, Any]]:
+    def _execute_chunk(self, slot: Slot, items: List[Any]) -> List[Tuple[bool, Any]]:
         """``[(ok, value or error)]`` for a chunk: in one call when the worker has
-        ``execute_chunk(items)`` (a function worker: one message), else item by item."""
+        ``execute_chunk(items)`` (a function worker: one message), else item by item, with
+        ``release()`` after each execute (the last one's comes from ``_finish``)."""
         execute_chunk = getattr(slot.worker, "execute_chunk", None)
         if execute_chunk is not None:
             return execute_chunk(items)  # type: ignore[no-any-return]
-        execute = slot.execute
-        assert execute is not None
         results: List[Tuple[bool, Any]] = []
-        for item in items:
+        for position, item in enumerate(items):
+            if position:
+                release = slot.release
+                if release is not None:
+                    self._release(slot, release)
+                failed_start = self._ensure_worker(slot)  # replaced if release() discarded it
+                if failed_start is not None:
+                    results.extend((False, failed_start) for _ in items[position:])
+                    return results
+            execute = slot.execute
+            assert execute is not None
             try:
                 results.append((True, execute(item)))
             except BaseException as exc:  # as for one item: it fails, the chunk goes on
