@@ -15,7 +15,7 @@ import pytest
 
 from tests.children import behaviours
 from workerkit import ParentCommChannel
-from workerkit.comm._wire import enable_read_slices, read_frame
+from workerkit.comm._wire import FrameReader, enable_read_slices
 
 SLICE = 0.02
 
@@ -47,7 +47,7 @@ def _write_slowly(fd: int, data: bytes, pieces: List[int], pause: float) -> thre
 def test_an_empty_slice_reads_nothing(pipe) -> None:
     reader, _writer = pipe
     started = time.monotonic()
-    assert read_frame(reader.fileno()) is None
+    assert FrameReader(reader.fileno()).read_sliced() is None
     assert time.monotonic() - started < 5.0  # returned after about one slice, did not hang
 
 
@@ -57,14 +57,15 @@ def test_a_frame_cut_into_pieces_slower_than_a_slice_arrives_whole(pipe) -> None
     frame = struct.pack("!i", len(body)) + body
     # Cut inside the header, right after it and twice inside the body.
     thread = _write_slowly(writer.fileno(), frame, [2, 4, 1000, 7000], pause=3 * SLICE)
+    frames = FrameReader(reader.fileno())
     got = None
     deadline = time.monotonic() + 10
     while got is None and time.monotonic() < deadline:
-        got = read_frame(reader.fileno())  # None only while the frame has not begun
+        got = frames.read_sliced()  # None only while the frame has not begun
     thread.join()
     assert got is not None and bytes(got) == body
     writer.send_bytes(b"next")
-    assert read_frame(reader.fileno()) == b"next"  # framing intact afterwards
+    assert frames.read_sliced() == b"next"  # framing intact afterwards
 
 
 def test_frames_sent_back_to_back_stay_separate(pipe) -> None:
@@ -72,9 +73,10 @@ def test_frames_sent_back_to_back_stay_separate(pipe) -> None:
     payloads = [b"", b"a", os.urandom(70_000), b"z" * 3]
     thread = threading.Thread(target=lambda: [writer.send_bytes(p) for p in payloads])
     thread.start()
+    frames = FrameReader(reader.fileno())
     got = []
     while len(got) < len(payloads):
-        frame = read_frame(reader.fileno())
+        frame = frames.read_sliced()
         if frame is not None:
             got.append(bytes(frame))
     thread.join()
@@ -86,12 +88,12 @@ def test_eof_before_and_inside_a_frame(pipe) -> None:
     os.write(writer.fileno(), struct.pack("!i", 100) + b"only ten b")
     writer.close()
     with pytest.raises(EOFError):
-        read_frame(reader.fileno())
+        FrameReader(reader.fileno()).read_sliced()
     other_reader, other_writer = multiprocessing.Pipe()
     enable_read_slices(other_reader, SLICE)
     other_writer.close()
     with pytest.raises(EOFError):
-        read_frame(other_reader.fileno())
+        FrameReader(other_reader.fileno()).read_sliced()
     other_reader.close()
 
 
@@ -151,8 +153,6 @@ def test_waiter_and_reader_take_turns_without_losing_a_message() -> None:
 
 
 def test_frame_reader_splits_frames_that_arrive_in_one_read(pipe) -> None:
-    from workerkit.comm._wire import FrameReader
-
     reader, writer = pipe
     payloads = [b"first", b"", os.urandom(100), b"x" * 70_000, os.urandom(3_000_000), b"last"]
     thread = threading.Thread(target=lambda: [writer.send_bytes(p) for p in payloads])
@@ -165,8 +165,6 @@ def test_frame_reader_splits_frames_that_arrive_in_one_read(pipe) -> None:
 
 
 def test_frame_reader_keeps_a_frame_cut_anywhere_and_reports_eof(pipe) -> None:
-    from workerkit.comm._wire import FrameReader
-
     reader, writer = pipe
     one = struct.pack("!i", 5) + b"hello"
     two = struct.pack("!i", 3) + b"abc"

@@ -39,7 +39,7 @@ from ._framing import (
     split_frame,
 )
 from ._listeners import EVERY, FUTURE, ListenerRegistry, Registration
-from ._wire import Frame, enable_read_slices, read_frame
+from ._wire import Frame, FrameReader, enable_read_slices
 
 __all__ = ["Endpoint", "ExitcodeHook", "shutdown_socket"]
 
@@ -90,6 +90,8 @@ class Endpoint:
         self._data_fd = conn.fileno()
         self._reader_poll = _poller(conn)
         self._waiter_poll = _poller(conn)  # used only with _read_lock held
+        # Every read of the connection goes through it, under _read_lock (see _wire).
+        self._frames = FrameReader(self._data_fd)
         # Frames a waiting thread read but may not dispatch (a callback listener appeared:
         # callbacks run on the reader thread), and the pipe that wakes the reader for them.
         self._handoff: Deque[Frame] = deque()
@@ -195,7 +197,7 @@ class Endpoint:
                     _drain(self._wake_r)
                 while self._handoff:  # frames a waiting thread read before us: in order
                     self._handle_frame(self._handoff.popleft())
-                frame = read_frame(self._data_fd)  # one slice at most: then look again
+                frame = self._frames.read_sliced()  # one slice at most: then look again
                 return True if frame is None else self._take_frame(frame, driver=False)
         except (EOFError, OSError, ValueError):  # EOF, or the connection was closed under us
             return False
@@ -204,7 +206,7 @@ class Endpoint:
         """``_read_next`` for a connection that is not a socket: poll without the read
         lock (so a waiting thread may read the data itself), then read under it."""
         try:
-            ready = self._reader_poll.poll()
+            ready = [] if self._frames.buffered() else self._reader_poll.poll()
             if self._driving() and not self._handoff and not self.registry.callbacks and not self._is_closed:
                 return True  # parks on the next call
             with self._read_lock:
@@ -212,7 +214,9 @@ class Endpoint:
                     _drain(self._wake_r)
                 while self._handoff:  # frames a waiting thread read before us: in order
                     self._handle_frame(self._handoff.popleft())
-                if not any(fd == self._data_fd for fd, _ in self._reader_poll.poll(0)):
+                if not self._frames.buffered() and not any(
+                    fd == self._data_fd for fd, _ in self._reader_poll.poll(0)
+                ):
                     return True  # a thread waiting on a future read it first
                 return self._read_one()
         except (OSError, ValueError):  # the connection was closed under the poll
@@ -239,14 +243,14 @@ class Endpoint:
                 if remaining is not None and remaining <= 0:
                     break
                 if self._sliced and (remaining is None or remaining >= _SLICE_MS / 1000):
-                    frame = read_frame(self._data_fd)  # one slice at most
+                    frame = self._frames.read_sliced()  # one slice at most
                     if frame is None:
                         continue
                     more = self._take_frame(frame, driver=True)
                 else:
                     # Less than a slice left (or no slices): poll exactly the time left.
                     wait_ms = max(1, min(_SLICE_MS, int(remaining * 1000))) if remaining else _SLICE_MS
-                    if not self._waiter_poll.poll(wait_ms):
+                    if not self._frames.buffered() and not self._waiter_poll.poll(wait_ms):
                         continue
                     more = self._read_one(driver=True)
                 if not more:
@@ -286,12 +290,7 @@ class Endpoint:
         return self._take_frame(frame, driver)
 
     def _recv(self) -> Frame:
-        if not self._sliced:
-            return self._conn.recv_bytes()
-        while True:
-            frame = read_frame(self._data_fd)
-            if frame is not None:
-                return frame
+        return self._frames.read()
 
     def _take_frame(self, frame: Frame, driver: bool) -> bool:
         """Dispatch a frame just read; see :meth:`_read_one`."""

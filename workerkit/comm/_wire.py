@@ -1,21 +1,26 @@
-"""Reading ``Connection`` frames in time slices, with no ``poll()`` before each read.
+"""Reading ``Connection`` frames with as few system calls as possible.
 
-A channel's readers (its reader thread, or a thread waiting on a ``listen_once`` future
-that reads for itself) must look up now and then: a future may have been cancelled, a
-timeout may have passed, a callback listener may have been registered. Polling before
-every read gives them that, but costs a second system call and a slower wake-up on every
-message (measured: +25-35 µs per round trip on a 2-vCPU VM, most of a small message's
-cost). Instead the socket gets a receive timeout (``SO_RCVTIMEO``): a plain blocking read
-returns either data or, after one slice, ``EAGAIN``.
+Two costs of ``Connection.recv_bytes`` matter for small messages, on both ends of a pipe:
+
+* It reads the 4-byte header, then the body: two calls per message. :class:`FrameReader`
+  reads up to 64 KiB at once and keeps what belongs to the next frames, so a small frame
+  costs one call, and frames sent back to back (a pipelined child's replies) share one.
+* A channel's readers (its reader thread, or a thread waiting on a ``listen_once`` future
+  that reads for itself) must look up now and then: a future may have been cancelled, a
+  timeout may have passed, a callback listener may have been registered. Polling before
+  every read gives them that, but costs one more call and a slower wake-up per message
+  (measured: +25-35 us per round trip on a 2-vCPU VM, most of a small message's cost).
+  Instead the socket gets a receive timeout (:func:`enable_read_slices`, ``SO_RCVTIMEO``):
+  a plain blocking read returns either data or, after one slice, ``EAGAIN``, and
+  ``FrameReader.read_sliced()`` then returns None.
 
 The frame format is ``multiprocessing.connection``'s, so both ends keep using
 ``Connection.send_bytes``: a 4-byte big-endian length (``-1`` then an 8-byte length for
-frames of 2 GiB and more), then the bytes. A slice that ends before the first byte of a
-frame returns None; once a frame has begun it is read to its end, so a timeout can never
-split a frame.
+frames of 2 GiB and more), then the bytes. A slice only ends a read before the first byte
+of a frame; once a frame has begun it is read to its end, so a timeout never splits one.
 
-Only endpoints that read through this module get the timeout; a function worker's
-connection, read directly with ``recv_bytes``, never does.
+A connection read by a :class:`FrameReader` must be read by it alone: the bytes it buffered
+are invisible to ``poll()`` (check :meth:`FrameReader.buffered` first) and ``recv_bytes``.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import struct
 from multiprocessing.connection import Connection
 from typing import Optional, Union
 
-__all__ = ["FrameReader", "enable_read_slices", "read_frame"]
+__all__ = ["Frame", "FrameReader", "enable_read_slices"]
 
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
-_CHUNK = 1 << 20  # large frames are read into one buffer, at most this much per call
-_READ_SIZE = 1 << 16  # FrameReader: one read takes a small frame's header and body at once
+_READ_SIZE = 1 << 16  # one read takes a small frame's header and body at once
+_CHUNK = 1 << 20  # a large frame is read straight into its buffer, at most this much per call
 
 Frame = Union[bytes, bytearray]
 
@@ -49,66 +54,8 @@ def enable_read_slices(conn: Connection, seconds: float) -> bool:
     return True
 
 
-def read_frame(fd: int) -> Optional[Frame]:
-    """One whole frame from ``fd``; None if a slice passed before it began.
-
-    Raises ``EOFError`` when the peer closed its end (also in the middle of a frame).
-    """
-    try:
-        head = os.read(fd, 4)
-    except BlockingIOError:
-        return None
-    if not head:
-        raise EOFError("the peer closed the connection")
-    if len(head) < 4:
-        head += _read_exact(fd, 4 - len(head))
-    (size,) = _HEADER.unpack(head)
-    if size == -1:
-        (size,) = _BIG_HEADER.unpack(_read_exact(fd, 8))
-    return _read_exact(fd, size)
-
-
-def _read_exact(fd: int, size: int) -> Frame:
-    """Exactly ``size`` bytes of a frame that has begun; slices passing do not matter."""
-    first = _read_some(fd, min(size, _CHUNK))
-    if len(first) == size:
-        return first
-    buf = bytearray(size)
-    buf[: len(first)] = first
-    view = memoryview(buf)
-    done = len(first)
-    while done < size:
-        got = _read_some(fd, min(size - done, _CHUNK))
-        view[done : done + len(got)] = got
-        done += len(got)
-    return buf
-
-
-def _read_some(fd: int, limit: int) -> bytes:
-    """At least one byte (at most ``limit``), waiting as long as it takes."""
-    if limit == 0:
-        return b""
-    while True:
-        try:
-            data = os.read(fd, limit)
-        except BlockingIOError:
-            continue  # a slice passed mid-frame: the rest is on its way
-        if not data:
-            raise EOFError("the peer closed the connection in the middle of a message")
-        return data
-
-
 class FrameReader:
-    """Reads frames from a blocking ``fd`` with one ``read`` per small frame.
-
-    ``Connection.recv_bytes`` reads the 4-byte header, then the body: two system calls per
-    message. This reads up to 64 KiB at once and keeps what belongs to the next frames, so
-    frames sent back to back (a pipelined child's replies) cost one call between them. A
-    frame larger than what has arrived is read straight into one buffer of its size.
-
-    Only for a connection read by this object alone: bytes it buffered are invisible to
-    ``poll()`` and to ``recv_bytes``.
-    """
+    """Reads the frames arriving on ``fd``, buffering bytes read ahead of the next one."""
 
     __slots__ = ("_fd", "_buf", "_pos")
 
@@ -123,7 +70,17 @@ class FrameReader:
 
     def read(self) -> Frame:
         """The next frame, waiting as long as it takes; ``EOFError`` at EOF."""
-        self._want(4)
+        frame = self._read(sliced=False)
+        assert frame is not None
+        return frame
+
+    def read_sliced(self) -> Optional[Frame]:
+        """The next frame, or None when a read slice passed before it began."""
+        return self._read(sliced=True)
+
+    def _read(self, sliced: bool) -> Optional[Frame]:
+        if not self._want(4, sliced):
+            return None
         (size,) = _HEADER.unpack_from(self._buf, self._pos)
         self._pos += 4
         if size == -1:
@@ -140,17 +97,29 @@ class FrameReader:
         self._buf, self._pos = b"", 0
         view = memoryview(out)
         while have < size:
-            got = os.readv(self._fd, [view[have : have + _CHUNK]])
+            try:
+                got = os.readv(self._fd, [view[have : have + _CHUNK]])
+            except BlockingIOError:
+                continue  # a slice passed mid-frame: the rest is on its way
             if not got:
                 raise EOFError("the peer closed the connection in the middle of a message")
             have += got
         return out
 
-    def _want(self, count: int) -> None:
-        """At least ``count`` unread bytes in the buffer."""
+    def _want(self, count: int, sliced: bool = False) -> bool:
+        """At least ``count`` unread bytes in the buffer; False (``sliced``, nothing of a
+        frame read yet) when a slice passed first."""
         while len(self._buf) - self._pos < count:
-            data = os.read(self._fd, _READ_SIZE)
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                if sliced and not self.buffered():
+                    return False
+                continue  # a slice passed mid-frame: the rest is on its way
             if not data:
+                if self.buffered():
+                    raise EOFError("the peer closed the connection in the middle of a message")
                 raise EOFError("the peer closed the connection")
             rest = self._buf[self._pos :]
             self._buf, self._pos = (rest + data if rest else data), 0
+        return True
