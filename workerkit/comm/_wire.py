@@ -89,8 +89,11 @@ class FrameReader:
             self._pos += 8
         start = self._pos
         if len(self._buf) - start >= size:
+            frame = self._buf[start : start + size]
             self._pos = start + size
-            return self._buf[start : start + size]
+            if self._pos == len(self._buf):  # all consumed: keep no reference to the read buffer
+                self._buf, self._pos = b"", 0
+            return frame
         out = bytearray(size)
         have = len(self._buf) - start
         out[:have] = memoryview(self._buf)[start:]
