@@ -95,6 +95,26 @@ class Run(Generic[X, R]):
             self.failed += 1
             self._notify_if_idle()
 
+    def successes(
+        self, index: int, items: List[X], values: List[Any], worker_id: Any, duration: float
+    ) -> None:
+        """Record a chunk's items that all succeeded (``values`` is ``[(True, value)]``):
+        per item for callbacks, at once for counts and progress."""
+        if self.wants_successes:
+            sink, on_complete = self.sink, self.on_complete
+            for offset, item in enumerate(items):
+                outcome: Outcome[X, R] = Outcome(index + offset, item, values[offset][1], None,
+                                                 worker_id, duration)
+                if on_complete is not None:
+                    self._call(on_complete, outcome)
+                if sink is not None:
+                    sink(outcome)
+        if self.progress is not None:
+            self._advance(len(items))
+        with self.lock:
+            self.completed += len(items)
+            self._notify_if_idle()
+
     @property
     def pending(self) -> int:
         """Items pulled and not finished yet."""
@@ -133,13 +153,13 @@ class Run(Generic[X, R]):
         if self.completed + self.failed >= self.submitted:
             self._idle.notify_all()
 
-    def _advance(self) -> None:
-        """Report one more finished item (its own count: items finishing together never
-        report the same number, and the last report is the total)."""
+    def _advance(self, count: int = 1) -> None:
+        """Report ``count`` more finished items (their own count: items finishing together
+        never report the same number, and the last report is the total)."""
         assert self.progress is not None
         # Progress reporters (tqdm) are not thread-safe: one update at a time.
         with self._progress_lock:
-            self.reported += 1
+            self.reported += count
             self.progress.update(self.reported)
 
     @staticmethod

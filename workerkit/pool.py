@@ -721,6 +721,9 @@ class WorkPool(Generic[X, R]):
                 run.failure(index, job.item, error, worker_id, duration)
             return
         share = duration / len(job.items)
+        if error is None and all(done for done, _ in value):
+            run.successes(index, job.items, value, worker_id, share)
+            return
         for offset, item in enumerate(job.items):
             if error is not None:
                 run.failure(index + offset, item, error, worker_id, share)
