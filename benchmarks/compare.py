@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -43,7 +44,7 @@ import traceback
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -195,24 +196,24 @@ def wk_process(method: str) -> MapRun:
     return run
 
 
+def _consume(results: Iterator[Any], n: int, start: float) -> Tuple[float, List[Any]]:
+    """Take ``WorkPool.map``'s ``n`` results the way ``list(pool.imap(...))`` takes the
+    peers' (in C), timed up to the last one: the pool's shutdown, which runs when the
+    iterator is closed, is not timed."""
+    try:
+        values = list(itertools.islice(results, n))
+        elapsed = time.perf_counter() - start
+    finally:
+        results.close()  # type: ignore[attr-defined]
+    check(len(values) == n, f"WorkPool.map yielded {len(values)} of {n} results")
+    return elapsed, values
+
+
 def wk_map(method: str) -> MapRun:
     def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
-        n = len(items)
-        values: List[Any] = []
-        add = values.append
-        elapsed = None
         start = time.perf_counter()
         results = WorkPool.map(fn, items, max_workers=WORKERS, start_method=method)
-        try:
-            for value in results:
-                add(value)
-                if len(values) == n:
-                    elapsed = time.perf_counter() - start  # the pool's shutdown is not timed
-        finally:
-            results.close()  # type: ignore[attr-defined]
-        check(elapsed is not None, f"WorkPool.map yielded {len(values)} of {n} results")
-        assert elapsed is not None
-        return elapsed, values
+        return _consume(results, len(items), start)
     return run
 
 
@@ -353,22 +354,10 @@ def wk_map_supports_chunksize() -> bool:
 def cold_wk_map(method: str, chunksize: int) -> MapRun:
     """``WorkPool.map(..., chunksize=c)`` from the call to its last result (start-up included)."""
     def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
-        n = len(items)
-        values: List[Any] = []
-        elapsed = None
         start = time.perf_counter()
         results = WorkPool.map(fn, items, max_workers=WORKERS, start_method=method,
                                chunksize=chunksize)
-        try:
-            for value in results:
-                values.append(value)
-                if len(values) == n:
-                    elapsed = time.perf_counter() - start
-        finally:
-            results.close()  # type: ignore[attr-defined]
-        check(elapsed is not None, f"WorkPool.map yielded {len(values)} of {n} results")
-        assert elapsed is not None
-        return elapsed, values
+        return _consume(results, len(items), start)
     return run
 
 
