@@ -1,7 +1,7 @@
 """Review findings (3): slots that pull for themselves, chunksize, FrameReader.
 
-Each test demonstrates one suspected bug with real threads / processes / sockets. Tests
-that fail on the current code are marked ``xfail(strict=True)`` with the cause.
+Each test demonstrates one bug a review found, with real threads / processes / sockets;
+each was fixed after it was found.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class _GatedWorker(Worker[int, int]):
 
 
 def _slot_steals_the_item_the_dispatcher_saw(
-    pool: WorkPool[int, int], dyn: "DynamicIterator[int]", done: List[Outcome[int, int]]
+    pool: WorkPool[int, int], dyn: DynamicIterator[int], done: List[Outcome[int, int]]
 ) -> Any:
     """Drive the pool into: the dispatcher's has_next() saw item 1, a slot took item 1
     itself, then the dispatcher took the freed slot and called has_next() again, which
@@ -72,11 +72,6 @@ def _slot_steals_the_item_the_dispatcher_saw(
     return fut
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pool.py _pull_loop: after a slot pulled the item has_next() saw, the dispatcher calls "
-    "has_next() again (second feed.lock block) while holding the slot it acquired; for a "
-    "DynamicIterator that blocks until the producer adds an item, so the worker stays "
-    "BUSY, unusable by other calls"))
 def test_dispatcher_never_holds_a_worker_while_has_next_waits() -> None:
     """Contract order per item is has_next(), then a free worker, then next(): while the
     source waits for its producer, no worker is taken. A second call on the same pool (one
@@ -102,9 +97,6 @@ def test_dispatcher_never_holds_a_worker_while_has_next_waits() -> None:
         pool.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pool.py _pull_loop: the dispatcher blocks in has_next() holding a BUSY slot, which "
-    "shutdown() never retires; _join_threads then waits for that slot's thread forever"))
 def test_shutdown_returns_while_a_dynamic_source_waits_for_its_producer() -> None:
     """shutdown(wait=True) with no item executing must return promptly, even though the
     call's DynamicIterator is still open (items not pulled stay in their source)."""
@@ -128,10 +120,6 @@ def test_shutdown_returns_while_a_dynamic_source_waits_for_its_producer() -> Non
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_feed.py Feed.make_job: 'except BaseException' keeps a KeyboardInterrupt raised while "
-    "filling a chunk in feed.error; _drive then treats it as a source error: run.wait() for "
-    "every item in flight, no _destroy_all_workers"))
 def test_keyboard_interrupt_while_filling_a_chunk_destroys_workers_at_once() -> None:
     """KeyboardInterrupt in process stops pulling, destroys the workers and propagates
     without waiting for the items in flight, also with chunksize > 1."""
@@ -208,10 +196,6 @@ class _Echo(Worker[Any, Any]):
         return item
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "input.py IterableInputSource._poll: isinstance(iterator, DynamicIterator) also matches "
-    "subclasses, and _take_nowait() pops the queue directly, bypassing an overridden "
-    "__next__; only the dispatcher's pulls go through it"))
 def test_a_dynamic_iterator_subclass_is_iterated_through_its_own_next() -> None:
     """Every item a pool takes from an iterator comes from that iterator's __next__."""
     dyn = _Tagging()
@@ -245,11 +229,6 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise _Interrupted()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "comm/_wire.py FrameReader._read: the body path copies the buffered part into a local "
-    "bytearray and sets self._buf = b'' before reading the rest; an exception raised there "
-    "(Ctrl-C / a signal handler while the main thread drives a listen_once future) drops "
-    "the bytes already read, so the next read parses the middle of the body as a header"))
 def test_frame_reader_keeps_a_frame_whose_read_was_interrupted() -> None:
     """A read interrupted by a signal (KeyboardInterrupt in the main thread) must leave the
     stream intact: reading again returns the whole frame, then the next one."""

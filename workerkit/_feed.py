@@ -70,7 +70,7 @@ class Feed(Generic[X]):
                         return self.make_job(run, self.src.next(), may_wait=False)
                 elif more is not None:
                     self.exhausted = True
-            except BaseException as exc:
+            except Exception as exc:  # the source's error; Ctrl-C and co. propagate
                 if self.error is None:
                     self.error = exc
                 run.stopping = True
@@ -106,7 +106,7 @@ class Feed(Generic[X]):
                     self.exhausted = ready is not None
                     break
                 items.append(self.src.next())
-        except BaseException as exc:
+        except Exception as exc:  # the source's error; Ctrl-C and co. propagate (the call ends)
             if self.error is None:
                 self.error = exc
             run.stopping = True

@@ -437,13 +437,14 @@ class WorkPool(Generic[X, R]):
             if slot is None:
                 return
             with feed.lock:
+                if run.submitted != seen or feed.error is not None or feed.exhausted:
+                    # A slot took the item has_next() saw (or the call ended): give the slot
+                    # back and ask has_next() again without holding a worker, since it may wait.
+                    self._return_unused(slot)
+                    if credits is not None:
+                        credits.release()  # this turn pulled nothing
+                    continue
                 try:
-                    # A slot may have taken the item has_next() saw: ask again before next().
-                    more = feed.error is None and not feed.exhausted and (run.submitted == seen or has_next())
-                    if not more:
-                        feed.exhausted = True
-                        self._return_unused(slot)
-                        return
                     job = feed.make_job(run, pull(), may_wait=True)
                 except BaseException as exc:
                     self._return_unused(slot)

@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 from multiprocessing.connection import Connection
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 __all__ = ["Frame", "FrameReader", "enable_read_slices"]
 
@@ -57,12 +57,15 @@ def enable_read_slices(conn: Connection, seconds: float) -> bool:
 class FrameReader:
     """Reads the frames arriving on ``fd``, buffering bytes read ahead of the next one."""
 
-    __slots__ = ("_fd", "_buf", "_pos")
+    __slots__ = ("_fd", "_buf", "_pos", "_partial")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = b""
         self._pos = 0
+        # A large frame being read straight into its buffer, and how much of it arrived:
+        # kept here, so a read interrupted (a signal, Ctrl-C) resumes instead of losing it.
+        self._partial: Optional[Tuple[bytearray, int]] = None
 
     def buffered(self) -> bool:
         """Whether bytes of a next frame were already read (a poll would not see them)."""
@@ -79,27 +82,30 @@ class FrameReader:
         return self._read(sliced=True)
 
     def _read(self, sliced: bool) -> Optional[Frame]:
-        if not self._want(4, sliced):
-            return None
-        (size,) = _HEADER.unpack_from(self._buf, self._pos)
-        self._pos += 4
-        if size == -1:
-            self._want(8)
-            (size,) = _BIG_HEADER.unpack_from(self._buf, self._pos)
-            self._pos += 8
-        start = self._pos
-        if len(self._buf) - start >= size:
-            frame = self._buf[start : start + size]
-            self._pos = start + size
-            if self._pos == len(self._buf):  # all consumed: keep no reference to the read buffer
-                self._buf, self._pos = b"", 0
-            return frame
-        out = bytearray(size)
-        have = len(self._buf) - start
-        out[:have] = memoryview(self._buf)[start:]
-        self._buf, self._pos = b"", 0
+        if self._partial is None:
+            if not self._want(4, sliced):
+                return None
+            (size,) = _HEADER.unpack_from(self._buf, self._pos)
+            header = 4
+            if size == -1:  # consumed only once whole: an interrupted read loses nothing
+                self._want(12)
+                (size,) = _BIG_HEADER.unpack_from(self._buf, self._pos + 4)
+                header = 12
+            start = self._pos + header
+            if len(self._buf) - start >= size:
+                frame = self._buf[start : start + size]
+                self._pos = start + size
+                if self._pos == len(self._buf):  # all consumed: keep no reference to the buffer
+                    self._buf, self._pos = b"", 0
+                return frame
+            out = bytearray(size)
+            have = len(self._buf) - start
+            out[:have] = memoryview(self._buf)[start:]
+            self._buf, self._pos = b"", 0
+            self._partial = (out, have)
+        out, have = self._partial
         view = memoryview(out)
-        while have < size:
+        while have < len(out):
             try:
                 got = os.readv(self._fd, [view[have : have + _CHUNK]])
             except BlockingIOError:
@@ -107,6 +113,8 @@ class FrameReader:
             if not got:
                 raise EOFError("the peer closed the connection in the middle of a message")
             have += got
+            self._partial = (out, have)
+        self._partial = None
         return out
 
     def _want(self, count: int, sliced: bool = False) -> bool:
