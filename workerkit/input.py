@@ -133,8 +133,9 @@ class IterableInputSource(Generic[X]):
         if self._never_waits:
             return self.has_next()
         iterator = self._iterator
-        plain = isinstance(iterator, DynamicIterator) and type(iterator).__next__ is DynamicIterator.__next__
-        if not plain:
+        if not isinstance(iterator, DynamicIterator):
+            return None
+        if type(iterator).__next__ is not DynamicIterator.__next__:
             return None  # a subclass with its own __next__ is iterated through it, by the dispatcher
         item = iterator._take_nowait()
         if item is _NOTHING:
