@@ -15,6 +15,7 @@ import atexit
 import logging
 import multiprocessing
 import os
+import select
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -118,6 +119,9 @@ class ParentCommChannel(ProcessCommChannel):
         # Closing the alive pipe from two threads could close a reused fd number twice.
         self._alive_lock = threading.Lock()
         self._destroyed = False
+        # Polls the process sentinel: one system call tells whether the child ended. (For a
+        # forkserver child, Process.is_alive() builds a selector on every call.)
+        self._ended: Optional[select.poll] = None
 
     # -- starting ----------------------------------------------------------------------
 
@@ -197,6 +201,9 @@ class ParentCommChannel(ProcessCommChannel):
     def _started(self) -> None:
         self._pid = self._process.pid
         self._endpoint.peer_pid = self._pid or 0
+        ended = select.poll()
+        ended.register(self._process.sentinel, select.POLLIN)
+        self._ended = ended
 
     # -- state -------------------------------------------------------------------------
 
@@ -224,9 +231,10 @@ class ParentCommChannel(ProcessCommChannel):
     @property
     def active(self) -> bool:
         """Open, and the child is alive."""
-        if self._endpoint.closed or self._process_closed or _pid != self._owner_pid:
+        ended = self._ended
+        if self._endpoint.closed or self._process_closed or _pid != self._owner_pid or ended is None:
             return False
-        return self._process.is_alive()
+        return not ended.poll(0)  # the sentinel turns readable (or invalid) once the child ended
 
     def _wait_exit(self, timeout: Optional[float]) -> Optional[int]:
         """Wait up to ``timeout`` s for the child to end; its exit code, or ``None``."""
@@ -285,6 +293,7 @@ class ParentCommChannel(ProcessCommChannel):
             return
         with self._join_lock:
             try:
+                self._ended = None  # before its fd closes: active stops polling it
                 self._process.close()  # releases the sentinel fd; pid and exit code stay cached
             except ValueError:  # multiprocessing does not consider it finished: keep it open
                 return
