@@ -211,11 +211,11 @@ def pipelined_map(
             driver.feed()
             if ordered:
                 while wanted in done:
-                    yield from _unpack(done.pop(wanted))
+                    yield from _values(done.pop(wanted))
                     wanted += 1
             else:
                 for seq in sorted(done):
-                    yield from _unpack(done.pop(seq))
+                    yield from _values(done.pop(seq))
             if driver.in_flight:
                 driver.collect()
             elif driver.exhausted and not done:
@@ -285,11 +285,14 @@ class _Values(list):  # type: ignore[type-arg]
     """A chunk whose items all succeeded: plain values, no per-item status."""
 
 
+def _values(result: Any) -> Iterable[Any]:
+    """The value(s) of one frame's result: an all-ok chunk as is (``yield from`` a list runs
+    in C, without a generator per item), else a generator raising the first error."""
+    return result if type(result) is _Values else _unpack(result)
+
+
 def _unpack(result: Any) -> Iterator[Any]:
     """Yield the value(s) of one frame's result; raise the first error."""
-    if type(result) is _Values:
-        yield from result
-        return
     items = result if isinstance(result, list) else [result]
     for ok, value in items:
         if not ok:
