@@ -32,3 +32,29 @@ def test_dead_peer_fails_a_future_polled_with_short_timeouts() -> None:
         assert outcome == "closed", f"{outcome}; channel.active={channel.active}"
     finally:
         channel.destroy()
+
+
+def test_a_failed_outcome_does_not_keep_its_dead_worker_alive() -> None:
+    """A child that died fails its item with ChannelClosedError; keeping that outcome must
+    not keep the destroyed worker (its channel, process object, buffers) alive through the
+    traceback's frames: a soak with thousands of dead children would pile them up."""
+    import gc
+    import weakref
+
+    from tests.children.workers import exit_on_negative
+    from workerkit import WorkPool, function_worker
+
+    made: list = []
+
+    def factory() -> object:
+        worker = function_worker(exit_on_negative)
+        made.append(weakref.ref(worker))
+        return worker
+
+    with WorkPool(factory, max_workers=1) as pool:
+        summary = pool.process([1, -2, 3], raise_on_error=False)
+    assert (summary.completed, summary.failed) == (2, 1)
+    assert isinstance(summary.failures[0].error, ChannelClosedError)
+    gc.collect()
+    assert len(made) == 2
+    assert made[0]() is None, "the dead worker is still referenced (from the error's traceback)"

@@ -37,6 +37,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from concurrent.futures import Future
 from typing import (
     Any,
@@ -59,7 +60,7 @@ from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, chunked, flatten_chunks, in_order, map_results
 from ._run import Run
 from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
-from .errors import PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
+from .errors import ChannelClosedError, PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
 from .input import InputSource, as_input_source
 from .outcome import Outcome, PoolStats, ProcessSummary
 from .worker import next_worker_id
@@ -623,6 +624,12 @@ class WorkPool(Generic[X, R]):
             error: Optional[BaseException] = None
         except BaseException as exc:  # SystemExit & co. fail the item, never the pool
             value, error = None, exc
+            if isinstance(exc, ChannelClosedError):
+                # The child died: the traceback runs through workerkit's own frames only, and
+                # their locals would keep the dead worker (channel, process) alive as long as
+                # the failed outcome is kept. This frame is in it too: drop its reference.
+                traceback.clear_frames(exc.__traceback__)
+        del execute
         duration = time.perf_counter() - started
         return self._finish(slot, job, value, error, duration, created=True)
 
