@@ -39,7 +39,7 @@ from ._framing import (
     split_frame,
 )
 from ._listeners import EVERY, FUTURE, ListenerRegistry, Registration
-from ._wire import Frame, FrameReader, enable_read_slices
+from ._wire import Frame, FrameReader, enable_read_slices, write_frame
 
 __all__ = ["Endpoint", "ExitcodeHook", "shutdown_socket"]
 
@@ -134,8 +134,10 @@ class Endpoint:
         if self._is_closed:
             raise self.closed_error()
         try:
-            with self._send_lock:
-                self._conn.send_bytes(frame)
+            with self._send_lock:  # closing takes it too: the fd stays open while we write
+                if self._conn.closed:
+                    raise OSError("handle is closed")
+                write_frame(self._data_fd, frame)
         except (OSError, EOFError) as exc:  # BrokenPipe, ConnectionReset, "handle is closed"
             self.peer_lost()
             raise self.closed_error() from exc
@@ -317,7 +319,8 @@ class Endpoint:
         targets = self.registry.targets(event_type)
         if driver:
             targets = tuple(targets)  # one snapshot decides, so no callback sneaks in later
-            if any(reg.kind != FUTURE for reg in targets):
+            # Counted before a callback is published: zero now means none in the snapshot.
+            if self.registry.callbacks and any(reg.kind != FUTURE for reg in targets):
                 return False
         if not targets:  # an empty tuple: nobody listens, so do not even unpickle it
             if logger.isEnabledFor(logging.DEBUG):

@@ -64,7 +64,7 @@ def encode_frame(event_type: str, data: Optional[Mapping[str, Any]]) -> bytes:
     if data is None:
         body = _EMPTY_BODY
     else:
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise TypeError(f"data must be a dict (or None), not {type(data).__name__}")
         if "type" in data:
             raise ValueError('data must not contain a "type" key: the event type is sent as such')

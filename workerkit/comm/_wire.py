@@ -31,11 +31,12 @@ import struct
 from multiprocessing.connection import Connection
 from typing import Optional, Tuple, Union
 
-__all__ = ["Frame", "FrameReader", "enable_read_slices"]
+__all__ = ["Frame", "FrameReader", "enable_read_slices", "write_frame"]
 
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
 _READ_SIZE = 1 << 16  # one read takes a small frame's header and body at once
+_SMALL = 16384  # frames up to this size go out with their header in one write
 _CHUNK = 1 << 20  # a large frame is read straight into its buffer, at most this much per call
 
 Frame = Union[bytes, bytearray]
@@ -52,6 +53,23 @@ def enable_read_slices(conn: Connection, seconds: float) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def write_frame(fd: int, frame: Union[bytes, bytearray, memoryview]) -> None:
+    """Write one frame as ``Connection.send_bytes`` does (header, then body; one write for
+    a small frame), without its per-call checks. The caller makes sure ``fd`` is open."""
+    size = len(frame)
+    if size <= _SMALL:
+        _write_all(fd, _HEADER.pack(size) + bytes(frame))
+        return
+    _write_all(fd, _HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size))
+    _write_all(fd, frame)
+
+
+def _write_all(fd: int, data: Union[bytes, bytearray, memoryview]) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class FrameReader:
