@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
+from tests._pools import pool_of
 from workerkit import (
     DynamicIterator,
     IterableInputSource,
@@ -42,19 +43,6 @@ CHANCE = 0.2  # time given to something that must NOT happen
 REPO = Path(__file__).resolve().parents[1]
 
 
-class FnWorker(Worker[Any, Any]):
-    """A worker that runs a plain function."""
-
-    def __init__(self, fn: Callable[[Any], Any]):
-        super().__init__()
-        self.fn = fn
-
-    def execute(self, item: Any) -> Any:
-        return self.fn(item)
-
-
-def pool_of(fn: Callable[[Any], Any], **kwargs: Any) -> WorkPool[Any, Any]:
-    return WorkPool(lambda: FnWorker(fn), **kwargs)
 
 
 def identity(item: Any) -> Any:

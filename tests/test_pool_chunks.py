@@ -8,10 +8,11 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import pytest
 
+from tests._pools import pool_of, wait_until
 from workerkit import (
     ChannelClosedError,
     DynamicIterator,
@@ -64,19 +65,6 @@ def logged_fail_on_5(log: str, x: int) -> int:
 # -- thread workers ---------------------------------------------------------------------
 
 
-class FnWorker(Worker[Any, Any]):
-    """A plain worker (execute only) that runs a function."""
-
-    def __init__(self, fn: Callable[[Any], Any]):
-        super().__init__()
-        self.fn = fn
-
-    def execute(self, item: Any) -> Any:
-        return self.fn(item)
-
-
-def pool_of(fn: Callable[[Any], Any], **kwargs: Any) -> WorkPool[Any, Any]:
-    return WorkPool(lambda: FnWorker(fn), **kwargs)
 
 
 class Collector:
@@ -100,13 +88,6 @@ class Collector:
             return sorted(o.index for o in self.ok + self.bad)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def contiguous_run_with(indexes: Set[int], member: int, longest: int) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
+from tests._pools import pool_of, wait_until
 from workerkit import DynamicIterator, Outcome, Worker, WorkPool, function_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,28 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 WAIT = 10.0  # generous bound for something that must happen
 
 
-class FnWorker(Worker[Any, Any]):
-    """A worker that runs a plain function."""
-
-    def __init__(self, fn: Callable[[Any], Any]):
-        super().__init__()
-        self.fn = fn
-
-    def execute(self, item: Any) -> Any:
-        return self.fn(item)
 
 
-def pool_of(fn: Callable[[Any], Any], **kwargs: Any) -> WorkPool[Any, Any]:
-    return WorkPool(lambda: FnWorker(fn), **kwargs)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def pool_threads() -> List[threading.Thread]:

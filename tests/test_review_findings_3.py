@@ -12,10 +12,11 @@ import signal
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
+from tests._pools import wait_until
 from workerkit import DynamicIterator, IterableInputSource, Outcome, Worker, WorkPool
 from workerkit.comm._wire import FrameReader, enable_read_slices
 
@@ -24,13 +25,6 @@ pytestmark = pytest.mark.timeout(120)
 WAIT = 10.0  # generous bound for something that must happen
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ---------------------------------------------------------------------------------------
