@@ -26,7 +26,6 @@ from workerkit import (
 
 pytestmark = pytest.mark.timeout(120)
 
-WAIT = 10.0  # generous bound for something that must happen
 
 
 # -- module-level functions for function_worker children (picklable by reference) ------

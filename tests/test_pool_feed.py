@@ -21,7 +21,6 @@ from workerkit import DynamicIterator, Outcome, Worker, WorkPool, function_worke
 
 pytestmark = pytest.mark.timeout(120)
 
-WAIT = 10.0  # generous bound for something that must happen
 
 
 
