@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+from tests._pools import wait_until
 from workerkit import Outcome, Worker, WorkPool, WorkPoolError, WorkTimeoutError
 
 pytestmark = pytest.mark.timeout(60)
@@ -74,16 +75,6 @@ def recording_pool(
     rec: Recorder, fn: Optional[Callable[[RecordingWorker, Any], Any]] = None, **kwargs: Any
 ) -> WorkPool[Any, Any]:
     return WorkPool(lambda: RecordingWorker(rec, fn), **kwargs)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll a condition the pool exposes no event for (stats after a timer fired)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class Boom(Exception):
