@@ -60,3 +60,12 @@ def test_chunked_map_with_pool_options_uses_the_pool() -> None:
 def test_chunksize_must_be_a_positive_int(bad: object) -> None:
     with pytest.raises(ValueError, match="chunksize"):
         WorkPool.map(workers.double, range(3), chunksize=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(120)
+def test_chunked_map_recycles_workers_by_items_not_chunks() -> None:
+    # 4 items per worker, 4 items per chunk: every chunk gets a fresh child.
+    pids = list(WorkPool.map(workers.pid_of, range(12), max_workers=1, chunksize=4, max_tasks_per_worker=4))
+    assert len(pids) == 12
+    assert [len(set(pids[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1]
+    assert len(set(pids)) == 3

@@ -9,9 +9,12 @@ consuming thread itself drives every child::
       wait: multiprocessing.connection.wait(children) -> recv -> unpickle -> yield in order
 
 Keeping DEPTH frames queued per child hides the round trip (the child starts the next item
-while the parent reads the last result), and no thread ever wakes another. Frames larger
-than ``_BIG_FRAME`` are sent only to an idle child, so a child blocked writing a large
-result can never deadlock with a parent blocked writing a large item.
+while the parent reads the last result), and no thread ever wakes another. The parent never
+blocks writing: frames go out with non-blocking sends, and what a full socket buffer does
+not take waits in the child's outbox until ``poll`` says the child can take more. So a
+child blocked writing a large result can never deadlock with a parent writing a large
+item, and large chunks stay pipelined like small items. (Where the connection is not a
+socket, large frames go only to an idle child instead.)
 
 A child that dies fails the items queued on it with ``ChannelClosedError`` (its exit code);
 ``map`` raises the first error in input order, as it always does.
@@ -23,7 +26,23 @@ import collections
 import itertools
 import pickle
 import select
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+import socket
+import struct
+import types
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Generator,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+    Union,
+    cast,
+)
 
 from ._function_child import (
     BATCH,
@@ -41,10 +60,13 @@ from .errors import ChannelClosedError, RemoteError, WorkerKitError
 __all__ = ["pipelined_map"]
 
 DEPTH = 4  # frames queued per child: enough to hide a round trip, small enough to stay lazy
-# Bigger frames go only to idle children, and at most DEPTH - 1 small ones (48 KiB) wait
-# in a busy child's socket buffer: the parent never blocks writing to a child that is
-# itself blocked writing a large result (no write/write deadlock).
+# Without non-blocking sends (the connection is not a socket), bigger frames go only to
+# idle children, and at most DEPTH - 1 small ones (48 KiB) wait in a busy child's socket
+# buffer: the parent never blocks writing to a child that is itself blocked writing a
+# large result (no write/write deadlock).
 _BIG_FRAME = 1 << 14
+_HEADER = struct.Struct("!i")
+_BIG_HEADER = struct.Struct("!Q")
 
 Frame = Union[bytes, memoryview]
 
@@ -53,7 +75,8 @@ Result = Tuple[bool, Any]
 
 
 class _Child:
-    """One child process and the frames queued on it, oldest first."""
+    """One child process, the frames queued on it (oldest first), and the bytes of those
+    frames its socket has not taken yet."""
 
     def __init__(self, worker: Any):
         self.worker = worker
@@ -61,6 +84,48 @@ class _Child:
         self.fd = self.conn.fileno()
         self.ready = False
         self.queued: Deque[int] = collections.deque()  # sequence numbers of frames in flight
+        self.outbox: Deque[memoryview] = collections.deque()
+        self.polling_out = False
+        self.sock = _socket_of(self.fd)
+
+    def send(self, frame: Frame) -> None:
+        """Queue ``frame`` (framed as ``Connection.send_bytes`` does) and send what the socket
+        takes now; ``OSError`` when the child is gone (the frame is then not queued)."""
+        if self.sock is None:
+            self.conn.send_bytes(frame)
+            return
+        size = len(frame)
+        header = _HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)
+        if size <= _BIG_FRAME:
+            self.outbox.append(memoryview(header + bytes(frame)))
+        else:  # no copy of a large frame
+            self.outbox.append(memoryview(header))
+            self.outbox.append(memoryview(frame).cast("B"))
+        try:
+            self.flush()
+        except OSError:
+            self.outbox.clear()
+            raise
+
+    def flush(self) -> None:
+        """Send queued bytes until the socket buffer is full (``OSError``: the child is gone)."""
+        assert self.sock is not None
+        outbox, send = self.outbox, self.sock.send
+        while outbox:
+            head = outbox[0]
+            try:
+                sent = send(head, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if sent == head.nbytes:
+                outbox.popleft()
+            else:
+                outbox[0] = head[sent:]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
     def fail_all(self) -> ChannelClosedError:
         """End the (dead) child and describe how it ended."""
@@ -114,23 +179,34 @@ class _Driver:
             if child is None:
                 return
             try:
-                child.conn.send_bytes(frame)
+                child.send(frame)
             except OSError:
                 self._lost(child)
                 continue  # the frame is still held: it goes to another child
             child.queued.append(seq)
             self.in_flight += 1
             self.held = None
+            self._watch(child)
 
     def collect(self) -> None:
         """Wait for at least one frame from a busy child; file every frame that arrived."""
-        for fd, _ in self.poller.poll():
+        for fd, events in self.poller.poll():
             child = self.by_fd.get(fd)
-            if child is not None:
+            if child is None:
+                continue
+            if events & _READABLE:
                 self._receive(child)
+            if child.outbox and events & select.POLLOUT and fd in self.by_fd:
+                try:
+                    child.flush()
+                except OSError:
+                    self._lost(child)
+                    continue
+            self._watch(child)
 
     def close(self) -> None:
         for child in self.children:
+            child.close()
             child.worker.destroy()
 
     def _pick(self, size: int) -> Optional[_Child]:
@@ -143,7 +219,7 @@ class _Driver:
             return best
         if len(self.children) < self.max_workers:
             return self._spawn()
-        limit = 1 if size > _BIG_FRAME else DEPTH
+        limit = 1 if size > _BIG_FRAME and best is not None and best.sock is None else DEPTH
         if best is not None and len(best.queued) < limit:
             return best
         return None
@@ -152,13 +228,21 @@ class _Driver:
         child = _Child(self.make_worker())
         self.children.append(child)
         self.by_fd[child.fd] = child
-        self.poller.register(child.fd, select.POLLIN)
+        self.poller.register(child.fd, _READABLE)
         return child
+
+    def _watch(self, child: _Child) -> None:
+        """Poll ``child`` for writability too while its outbox holds bytes."""
+        want = bool(child.outbox)
+        if want != child.polling_out and child.fd in self.by_fd:
+            self.poller.modify(child.fd, _READABLE | select.POLLOUT if want else _READABLE)
+            child.polling_out = want
 
     def _forget(self, child: _Child) -> None:
         self.children.remove(child)
         del self.by_fd[child.fd]
         self.poller.unregister(child.fd)
+        child.close()
 
     def _lost(self, child: _Child) -> None:
         """The child died: fail what was queued on it and stop using it."""
@@ -204,6 +288,14 @@ def pipelined_map(
 ) -> Iterator[Any]:
     """Yield ``fn(item)`` for each item (``make_worker`` makes function workers)."""
     driver = _Driver(make_worker, _frames(iterable, chunksize), max_workers, chunksize)
+    frames = _frame_results(driver, ordered)
+    if chunksize == 1:
+        return _one_by_one(frames)
+    return _chunk_values(frames)
+
+
+def _frame_results(driver: _Driver, ordered: bool) -> Generator[Any, None, None]:
+    """Each frame's result (see ``_decode``), in input order when ``ordered``."""
     done = driver.done
     wanted = 0  # the next frame sequence number to yield (ordered mode)
     try:
@@ -211,11 +303,11 @@ def pipelined_map(
             driver.feed()
             if ordered:
                 while wanted in done:
-                    yield from _values(done.pop(wanted))
+                    yield done.pop(wanted)
                     wanted += 1
             else:
                 for seq in sorted(done):
-                    yield from _values(done.pop(seq))
+                    yield done.pop(seq)
             if driver.in_flight:
                 driver.collect()
             elif driver.exhausted and not done:
@@ -224,6 +316,64 @@ def pipelined_map(
                 return
     finally:
         driver.close()
+
+
+def _one_by_one(frames: Generator[Result, None, None]) -> Iterator[Any]:
+    """The values of one-item frames; raises the first error."""
+    try:
+        for ok, value in frames:
+            if not ok:
+                raise value
+            yield value
+    finally:
+        frames.close()
+
+
+class _ChunkValues(itertools.chain):  # type: ignore[type-arg]
+    """The values of chunk frames, item by item. A chain: an all-ok chunk's values come
+    straight from its list in C, and the driver runs again only when a chunk is used up."""
+
+    frames: Generator[Any, None, None]
+    current: List[Iterator[Any]]  # the chunk being read: one cell, set as each chunk starts
+
+    def close(self) -> None:
+        """Stop early, as closing a generator would: end the children now, yield no more."""
+        self.frames.close()
+        rest = self.current[0]
+        if isinstance(rest, types.GeneratorType):
+            rest.close()
+        else:
+            collections.deque(rest, maxlen=0)
+
+
+def _chunk_values(frames: Generator[Any, None, None]) -> Iterator[Any]:
+    current: List[Iterator[Any]] = [iter(())]
+
+    def start(result: Any) -> Iterator[Any]:
+        current[0] = chunk = iter(result) if type(result) is _Values else _unpack(result)
+        return chunk
+
+    values = cast(_ChunkValues, _ChunkValues.from_iterable(map(start, frames)))
+    values.frames, values.current = frames, current
+    return values
+
+
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def _socket_of(fd: int) -> Optional[socket.socket]:
+    """A socket object on (a duplicate of) ``fd`` for non-blocking sends, or None when the
+    connection is not a socket."""
+    try:
+        sock = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return None
+    try:
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
@@ -283,12 +433,6 @@ def _failed_frame(error: BaseException, chunksize: int) -> Any:
 
 class _Values(list):  # type: ignore[type-arg]
     """A chunk whose items all succeeded: plain values, no per-item status."""
-
-
-def _values(result: Any) -> Iterable[Any]:
-    """The value(s) of one frame's result: an all-ok chunk as is (``yield from`` a list runs
-    in C, without a generator per item), else a generator raising the first error."""
-    return result if type(result) is _Values else _unpack(result)
 
 
 def _unpack(result: Any) -> Iterator[Any]:

@@ -18,7 +18,7 @@ and a worker (which an idle timeout or another call may need) must not wait with
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, List, Optional, TypeVar
 
 from ._slot import Job
 from .input import InputSource, IterableInputSource
@@ -47,6 +47,10 @@ class Feed(Generic[X]):
             src._poll if isinstance(src, IterableInputSource) else None
         )
         self._fed_by_hand = isinstance(src, IterableInputSource) and src._fed_by_hand()
+        # A chunk from a built-in collection is taken in one step, not item by item.
+        self._take_ready: Optional[Callable[[int, List[Any]], bool]] = (
+            src._take_ready if isinstance(src, IterableInputSource) and src._never_waits else None
+        )
 
     def try_pull(self, run: Any) -> Optional[Job]:
         """The next item as a job for a slot that just became free; None if that would wait.
@@ -96,6 +100,9 @@ class Feed(Generic[X]):
             more = self._poll  # never wait for a producer to fill a chunk
         credits = self.credits  # one per item: a stream's consumer returns one per outcome
         try:
+            if credits is None and self._take_ready is not None and not run.stopping:
+                self.exhausted = not self._take_ready(size - 1, items)
+                return Job(run.submit(len(items)), items, run, items)
             while len(items) < size and not run.stopping:
                 if credits is not None and not credits.acquire(blocking=False):
                     break

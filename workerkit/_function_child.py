@@ -97,24 +97,35 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
         send(reply)
 
 
-def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> bytes:
-    """Run ``fn`` once on each item of a chunk. The common case (no error) sends the plain
-    list of values; otherwise every item gets its own ``(ok, value or error)``, so one item's
-    error (or unpicklable result) never costs the others theirs."""
-    results: List[Tuple[bool, Any]] = []
-    failed = False
-    for item in items:
+def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Union[bytes, memoryview]:
+    """Run ``fn`` once on each item of a chunk. The common case (no error) runs as one
+    ``map`` and sends the plain list of values; otherwise every item gets its own
+    ``(ok, value or error)``, so one item's error (or unpicklable result) never costs the
+    others theirs."""
+    values: List[Any] = []
+    try:
+        values.extend(map(fn, items))  # keeps the values before an item that raised
+    except Exception as exc:
+        return _mixed_reply(fn, items, values, exc)
+    try:
+        return tagged(BATCH_VALUES, values)
+    except Exception:  # a value does not pickle: find which, below
+        return tagged(BATCH_RESULT, [_picklable(True, value) for value in values])
+
+
+def _mixed_reply(
+    fn: Callable[[Any], Any], items: Sequence[Any], values: List[Any], first: BaseException
+) -> Union[bytes, memoryview]:
+    """The reply for a chunk whose item ``len(values)`` raised ``first``: the items before it
+    succeeded, the ones after it run one by one."""
+    results: List[Tuple[bool, Any]] = [(True, value) for value in values]
+    results.append((False, describe_error(first)))
+    for item in items[len(values) + 1 :]:
         try:
             results.append((True, fn(item)))
         except Exception as exc:
             results.append((False, describe_error(exc)))
-            failed = True
-    if not failed:
-        try:
-            return BATCH_VALUES + pickle.dumps([value for _, value in results], PROTOCOL)
-        except Exception:
-            pass  # a value does not pickle: find which, below
-    return BATCH_RESULT + pickle.dumps([_picklable(ok, value) for ok, value in results], PROTOCOL)
+    return tagged(BATCH_RESULT, [_picklable(ok, value) for ok, value in results])
 
 
 def _picklable(ok: bool, value: Any) -> Tuple[bool, Any]:

@@ -3,10 +3,9 @@ input order, or as plain values with the first error raised."""
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, Iterator, TypeVar
 
 from .outcome import Outcome
 
@@ -15,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 T = TypeVar("T")
 
-__all__ = ["END", "as_finished", "in_order", "chunked", "flatten_chunks", "map_results"]
+__all__ = ["END", "as_finished", "in_order", "map_results"]
 
 END: Any = object()  # put after the last outcome of a stream
 
@@ -45,28 +44,6 @@ def in_order(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> 
             yield ready
     for index in sorted(early):  # only when the dispatch stopped early
         yield early[index]
-
-
-def chunked(iterable: Iterable[T], size: int) -> Iterator[List[T]]:
-    """Lists of ``size`` consecutive items (the last may be shorter), pulled lazily."""
-    iterator = iter(iterable)
-    while True:
-        chunk = list(itertools.islice(iterator, size))
-        if not chunk:
-            return
-        yield chunk
-
-
-def flatten_chunks(results: Iterator[List[Any]]) -> Iterator[Any]:
-    """Per-item results of chunked calls; raises the first failed item's error."""
-    try:
-        for chunk in results:
-            for ok, value in chunk:
-                if not ok:
-                    raise value
-                yield value
-    finally:
-        results.close()  # type: ignore[attr-defined]  # shuts the pool down on an early exit
 
 
 def map_results(pool: WorkPool[Any, T], outcomes: Iterator[Outcome[Any, T]]) -> Iterator[T]:

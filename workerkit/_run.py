@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
 from ._progress import Progress
-from .outcome import Outcome, ProcessSummary
+from .outcome import Outcome, ProcessSummary, new_outcome
 
 X = TypeVar("X")
 R = TypeVar("R")
@@ -20,6 +20,11 @@ R = TypeVar("R")
 logger = logging.getLogger("workerkit")
 
 __all__ = ["Run"]
+
+
+class AllOk(list):  # type: ignore[type-arg]
+    """A chunk's result when every item succeeded: the plain values, in item order (the
+    general form is ``[(ok, value or error)]``). Saves a tuple per item on the common path."""
 
 
 class Run(Generic[X, R]):
@@ -67,7 +72,7 @@ class Run(Generic[X, R]):
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
         """Record a finished item."""
         if self.wants_successes:
-            outcome: Outcome[X, R] = Outcome(index, item, value, None, worker_id, duration)
+            outcome: Outcome[X, R] = new_outcome(index, item, value, None, worker_id, duration)
             self._call(self.on_complete, outcome)
             if self.sink is not None:
                 self.sink(outcome)
@@ -81,7 +86,7 @@ class Run(Generic[X, R]):
         self, index: int, item: X, error: BaseException, worker_id: Any, duration: float
     ) -> None:
         """Record a failed item; the first failure in time becomes the call's ``__cause__``."""
-        outcome: Outcome[X, R] = Outcome(index, item, None, error, worker_id, duration)
+        outcome: Outcome[X, R] = new_outcome(index, item, None, error, worker_id, duration)
         with self.lock:
             self.failures.append(outcome)
             if self.first_error is None:
@@ -98,15 +103,15 @@ class Run(Generic[X, R]):
     def successes(
         self, index: int, items: List[X], values: List[Any], worker_id: Any, duration: float
     ) -> None:
-        """Record a chunk's items that all succeeded (``values`` is ``[(True, value)]``):
-        per item for callbacks, at once for counts and progress."""
+        """Record a chunk's items that all succeeded (``values``: their values): per item
+        for callbacks, at once for counts and progress."""
         if self.wants_successes:
-            sink, on_complete = self.sink, self.on_complete
-            for offset, item in enumerate(items):
-                outcome: Outcome[X, R] = Outcome(index + offset, item, values[offset][1], None,
-                                                 worker_id, duration)
+            sink, on_complete, call = self.sink, self.on_complete, self._call
+            for item, value in zip(items, values):
+                outcome: Outcome[X, R] = new_outcome(index, item, value, None, worker_id, duration)
+                index += 1
                 if on_complete is not None:
-                    self._call(on_complete, outcome)
+                    call(on_complete, outcome)
                 if sink is not None:
                     sink(outcome)
         if self.progress is not None:

@@ -20,6 +20,7 @@ This module holds:
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from typing import (
@@ -27,6 +28,7 @@ from typing import (
     Generic,
     Iterable,
     Iterator,
+    List,
     Optional,
     Protocol,
     Tuple,
@@ -144,6 +146,23 @@ class IterableInputSource(Generic[X]):
             self._exhausted = True
             return False
         self._buffered = item
+        return True
+
+    def _take_ready(self, count: int, into: List[X]) -> bool:
+        """Move up to ``count`` items into ``into`` at once (for a chunk; only iterators that
+        never wait); False once the source is exhausted. If the iterator raises, the items
+        taken before stay in ``into``."""
+        if self._buffered is not _NOTHING and count > 0:
+            into.append(cast(X, self._buffered))
+            self._buffered = _NOTHING
+            count -= 1
+        if self._exhausted:
+            return False
+        before = len(into)
+        into.extend(itertools.islice(self._iterator, count))
+        if len(into) - before < count:
+            self._exhausted = True
+            return False
         return True
 
     def _fed_by_hand(self) -> bool:

@@ -57,8 +57,8 @@ from typing import (
 from ._feed import Feed
 from ._options import check_chunksize, check_positive, check_process_options, resolve_max_workers
 from ._progress import ProgressArg, make_progress, source_length
-from ._results import END, as_finished, chunked, flatten_chunks, in_order, map_results
-from ._run import Run
+from ._results import END, as_finished, in_order, map_results
+from ._run import AllOk, Run
 from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
 from .errors import ChannelClosedError, PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
 from .input import InputSource, as_input_source
@@ -295,7 +295,7 @@ class WorkPool(Generic[X, R]):
         ``chunksize`` sends several items per message (results are still per item).
         """
         from ._fastmap import pipelined_map
-        from .util import check_function_target, chunk_worker, function_worker
+        from .util import check_function_target, function_worker
 
         check_function_target(fn, start_method)
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
@@ -309,17 +309,13 @@ class WorkPool(Generic[X, R]):
                 max_workers=workers, ordered=ordered,
                 chunksize=chunksize,
             )
-        if chunksize == 1:
-            pool: WorkPool[Any, Any] = WorkPool(
-                lambda: function_worker(fn, start_method=start_method),
-                max_workers=max_workers, **pool_kwargs,
-            )
-            return map_results(pool, pool.stream(iterable, ordered=ordered))
-        pool = WorkPool(
-            lambda: chunk_worker(fn, start_method=start_method), max_workers=max_workers, **pool_kwargs
+        # Per-worker limits (recycling, timeouts, memory) need the pool's threads; they count
+        # and time items one by one, chunked or not.
+        pool: WorkPool[Any, Any] = WorkPool(
+            lambda: function_worker(fn, start_method=start_method),
+            max_workers=max_workers, **pool_kwargs,
         )
-        chunks = chunked(iterable, chunksize)
-        return flatten_chunks(map_results(pool, pool.stream(chunks, ordered=ordered)))
+        return map_results(pool, pool.stream(iterable, ordered=ordered, chunksize=chunksize))
 
     def __enter__(self: T) -> T:
         return self
@@ -677,7 +673,7 @@ class WorkPool(Generic[X, R]):
         if job.items is None:
             good = 1 if ok else 0
         else:
-            good = sum(1 for done, _ in value if done) if ok else 0
+            good = (len(value) if type(value) is AllOk else sum(1 for done, _ in value if done)) if ok else 0
         bad = (1 if job.items is None else len(job.items)) - good
         with self._lock:
             if job.settled:  # the timer or shutdown(wait=False) already failed this item
@@ -729,8 +725,11 @@ class WorkPool(Generic[X, R]):
                 run.failure(index, job.item, error, worker_id, duration)
             return
         share = duration / len(job.items)
-        if error is None and all(done for done, _ in value):
+        if error is None and type(value) is AllOk:
             run.successes(index, job.items, value, worker_id, share)
+            return
+        if error is None and all(done for done, _ in value):
+            run.successes(index, job.items, [result for _, result in value], worker_id, share)
             return
         for offset, item in enumerate(job.items):
             if error is not None:

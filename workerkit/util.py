@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import threading
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar, Union
 
 from ._function_child import (
     BATCH,
@@ -28,6 +28,7 @@ from ._function_child import (
     function_main,
     tagged,
 )
+from ._run import AllOk
 from .comm import ParentCommChannel
 from .comm._wire import Frame, FrameReader
 from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
@@ -240,8 +241,9 @@ class _FunctionWorker(ChannelWorker[X, R]):
             raise _remote_error(frame)
         raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
 
-    def execute_chunk(self, items: Sequence[X]) -> List[Tuple[bool, Any]]:
-        """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``."""
+    def execute_chunk(self, items: Sequence[X]) -> List[Any]:
+        """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``,
+        or (all succeeded) the values as an ``AllOk`` list."""
         request = BATCH + pickle.dumps(list(items), PROTOCOL)
         try:
             self._conn.send_bytes(request)
@@ -251,7 +253,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
         if frame[:1] == ERROR:
             raise _remote_error(frame)
         if frame[:1] == BATCH_VALUES:
-            return [(True, value) for value in pickle.loads(memoryview(frame)[1:])]
+            return AllOk(pickle.loads(memoryview(frame)[1:]))
         if frame[:1] != BATCH_RESULT:
             raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
         return [
@@ -275,31 +277,6 @@ class _FunctionWorker(ChannelWorker[X, R]):
 def _remote_error(frame: Frame, prefix: str = "") -> RemoteError:
     message, remote_type, remote_tb = pickle.loads(memoryview(frame)[1:])
     return RemoteError(prefix + message, remote_type, remote_tb)
-
-
-class _ChunkWorker(ChannelWorker[Sequence[X], List[Tuple[bool, Any]]]):
-    """A function worker fed whole chunks: each execute is one round trip for many items."""
-
-    def __init__(self, inner: _FunctionWorker[X, Any]):
-        super().__init__()
-        self.inner = inner
-        self.channel = inner.channel
-
-    def init(self) -> None:
-        self.inner.init()
-
-    def execute(self, item: Sequence[X]) -> List[Tuple[bool, Any]]:
-        return self.inner.execute_chunk(item)
-
-    def destroy(self) -> None:
-        self.inner.destroy()
-
-
-def chunk_worker(fn: Callable[[X], R], *, start_method: Optional[str] = None) -> Worker[Sequence[X], Any]:
-    """A function worker whose items are chunks (lists) of inputs; used by ``map(chunksize=)``."""
-    worker = function_worker(fn, start_method=start_method)
-    assert isinstance(worker, _FunctionWorker)
-    return _ChunkWorker(worker)
 
 
 def function_worker(

@@ -203,3 +203,26 @@ def make_exploding(x: Any) -> Any:
 def exploding_item() -> Any:
     """An item that pickles in the parent but fails to unpickle in the child."""
     return _ExplodesOnLoad()
+
+
+# -- chunk and pipeline targets -----------------------------------------------------------
+
+CALLS = 0
+
+
+def count_or_fail(x: int) -> int:
+    """How many items this child has run, this one included; raises for multiples of 5,
+    so a chunk's results show that each of its items ran exactly once, in order."""
+    global CALLS
+    CALLS += 1
+    if x % 5 == 0:
+        raise ValueError(f"multiple of five: {x}")
+    return CALLS
+
+
+def pad_or_exit(item: Tuple[int, bytes]) -> bytes:
+    """Echo the padding (a large result for a large item); a negative number ends the child."""
+    number, padding = item
+    if number < 0:
+        os._exit(3)
+    return padding
