@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import pickle
 import traceback
-from typing import Any, Callable, List, Sequence, Tuple, Union
+from typing import Any, Callable, List, Sequence, Tuple
 
 CALL = b"C"
 RESULT = b"R"
@@ -81,23 +81,24 @@ def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence
 
 def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
     """Answer call frames until the parent closes the channel."""
-    from .comm._wire import FrameReader
+    from .comm._wire import FrameReader, write_tagged
 
-    recv, send, loads = FrameReader(conn.fileno()).read, conn.send_bytes, pickle.loads
+    fd = conn.fileno()
+    recv, loads, dumps = FrameReader(fd).read, pickle.loads, pickle.dumps
     while True:
         frame = recv()
-        reply: Union[bytes, memoryview]
+        reply: Tuple[bytes, bytes]
         try:
             if frame[:1] == BATCH:
                 reply = _chunk_reply(fn, loads(memoryview(frame)[1:]))
             else:
-                reply = tagged(RESULT, fn(loads(memoryview(frame)[1:])))
+                reply = RESULT, dumps(fn(loads(memoryview(frame)[1:])), PROTOCOL)
         except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
-            reply = _error_frame(ERROR, exc)
-        send(reply)
+            reply = ERROR, dumps(describe_error(exc), PROTOCOL)
+        write_tagged(fd, *reply)
 
 
-def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Union[bytes, memoryview]:
+def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Tuple[bytes, bytes]:
     """Run ``fn`` once on each item of a chunk. The common case (no error) runs as one
     ``map`` and sends the plain list of values; otherwise every item gets its own
     ``(ok, value or error)``, so one item's error (or unpicklable result) never costs the
@@ -108,14 +109,14 @@ def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Union[bytes,
     except Exception as exc:
         return _mixed_reply(fn, items, values, exc)
     try:
-        return tagged(BATCH_VALUES, values)
+        return BATCH_VALUES, pickle.dumps(values, PROTOCOL)
     except Exception:  # a value does not pickle: find which, below
-        return tagged(BATCH_RESULT, [_picklable(True, value) for value in values])
+        return BATCH_RESULT, pickle.dumps([_picklable(True, value) for value in values], PROTOCOL)
 
 
 def _mixed_reply(
     fn: Callable[[Any], Any], items: Sequence[Any], values: List[Any], first: BaseException
-) -> Union[bytes, memoryview]:
+) -> Tuple[bytes, bytes]:
     """The reply for a chunk whose item ``len(values)`` raised ``first``: the items before it
     succeeded, the ones after it run one by one."""
     results: List[Tuple[bool, Any]] = [(True, value) for value in values]
@@ -125,7 +126,7 @@ def _mixed_reply(
             results.append((True, fn(item)))
         except Exception as exc:
             results.append((False, describe_error(exc)))
-    return tagged(BATCH_RESULT, [_picklable(ok, value) for ok, value in results])
+    return BATCH_RESULT, pickle.dumps([_picklable(ok, value) for ok, value in results], PROTOCOL)
 
 
 def _picklable(ok: bool, value: Any) -> Tuple[bool, Any]:

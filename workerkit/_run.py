@@ -46,6 +46,7 @@ class Run(Generic[X, R]):
         self.lock = threading.Lock()
         # Guards against a lost wake-up between "pending > 0" and the caller's wait.
         self._idle = threading.Condition(self.lock)
+        self._waiting = 0  # threads in wait(): only they need a notify
         self._progress_lock = threading.Lock()
         self.reported = 0  # items reported to progress, under _progress_lock
         self.stopping = False
@@ -132,11 +133,15 @@ class Run(Generic[X, R]):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self.pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
+            self._waiting += 1
+            try:
+                while self.pending:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._idle.wait(remaining)
+            finally:
+                self._waiting -= 1
         return True
 
     def summary(self) -> ProcessSummary:
@@ -155,7 +160,7 @@ class Run(Generic[X, R]):
 
     def _notify_if_idle(self) -> None:
         """Wake the waiting dispatcher once the last item finished. Call with the lock held."""
-        if self.completed + self.failed >= self.submitted:
+        if self._waiting and self.completed + self.failed >= self.submitted:
             self._idle.notify_all()
 
     def _advance(self, count: int = 1) -> None:

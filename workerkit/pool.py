@@ -747,7 +747,10 @@ class WorkPool(Generic[X, R]):
         if run.stopping or self._breaker_tripped(run):
             return False
         wakeup = run.wakeup
-        return all(waiter is wakeup for waiter in self._waiters)
+        for waiter in self._waiters:
+            if waiter is not wakeup:
+                return False
+        return True
 
     def _ensure_worker(self, slot: Slot) -> Optional[BaseException]:
         """Give the slot a usable worker; return the error when one cannot be made."""

@@ -26,11 +26,10 @@ from ._function_child import (
     READY,
     RESULT,
     function_main,
-    tagged,
 )
 from ._run import AllOk
 from .comm import ParentCommChannel
-from .comm._wire import Frame, FrameReader
+from .comm._wire import Frame, FrameReader, write_tagged
 from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
 from .worker import Worker, next_worker_id
 
@@ -206,7 +205,8 @@ class _FunctionWorker(ChannelWorker[X, R]):
         super().__init__()
         self.channel = channel
         self._conn = channel.connection
-        self._frames = FrameReader(self._conn.fileno())  # one read per reply
+        self._fd = self._conn.fileno()
+        self._frames = FrameReader(self._fd)  # one read per reply
         self._init_timeout = init_timeout
 
     def init(self) -> None:
@@ -229,9 +229,11 @@ class _FunctionWorker(ChannelWorker[X, R]):
             raise
 
     def execute(self, item: X) -> R:
-        request = tagged(CALL, item)  # an unpicklable item fails here, stream intact
+        body = pickle.dumps(item, PROTOCOL)  # an unpicklable item fails here, stream intact
+        if self._conn.closed:
+            raise self._closed()
         try:
-            self._conn.send_bytes(request)
+            write_tagged(self._fd, CALL, body)
         except OSError:
             raise self._closed() from None
         frame = self._recv()

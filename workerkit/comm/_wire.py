@@ -31,7 +31,7 @@ import struct
 from multiprocessing.connection import Connection
 from typing import Optional, Tuple, Union
 
-__all__ = ["Frame", "FrameReader", "enable_read_slices", "write_frame"]
+__all__ = ["Frame", "FrameReader", "enable_read_slices", "write_frame", "write_tagged"]
 
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
@@ -64,6 +64,19 @@ def write_frame(fd: int, frame: Union[bytes, bytearray, memoryview]) -> None:
         return
     _write_all(fd, _HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size))
     _write_all(fd, frame)
+
+
+def write_tagged(fd: int, tag: bytes, body: bytes) -> None:
+    """Write the frame ``tag + body`` with one system call (``writev``) for any size, without
+    copying ``body``. The caller makes sure ``fd`` is open."""
+    size = len(tag) + len(body)
+    head = (_HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)) + tag
+    sent = os.writev(fd, (head, body))
+    if sent < len(head):  # rare: the socket took less than the header
+        _write_all(fd, head[sent:])
+        sent = len(head)
+    if sent - len(head) < len(body):
+        _write_all(fd, memoryview(body)[sent - len(head) :])
 
 
 def _write_all(fd: int, data: Union[bytes, bytearray, memoryview]) -> None:
