@@ -6,7 +6,7 @@ consuming thread itself drives every child::
 
     consumer thread (the map generator)
       feed: next(input) -> pickle -> send to the least-loaded child (up to DEPTH frames each)
-      wait: multiprocessing.connection.wait(children) -> recv -> unpickle -> yield in order
+      wait: poll(children) -> recv -> unpickle -> yield in order
 
 Keeping DEPTH frames queued per child hides the round trip (the child starts the next item
 while the parent reads the last result), and no thread ever wakes another. The parent never
@@ -16,19 +16,22 @@ child blocked writing a large result can never deadlock with a parent writing a 
 item, and large chunks stay pipelined like small items. (Where the connection is not a
 socket, large frames go only to an idle child instead.)
 
-A child that dies fails the items queued on it with ``ChannelClosedError`` (its exit code);
-``map`` raises the first error in input order, as it always does.
+A child that dies fails the items queued on it with ``ChannelClosedError`` (its exit code),
+except those whose results it sent before it died; ``map`` raises the first error in input
+order, as it always does.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import os
 import pickle
 import select
 import socket
 import struct
 import types
+import weakref
 from typing import (
     Any,
     Callable,
@@ -239,15 +242,27 @@ class _Driver:
             child.polling_out = want
 
     def _forget(self, child: _Child) -> None:
+        if self.by_fd.get(child.fd) is not child:
+            return  # already forgotten
         self.children.remove(child)
         del self.by_fd[child.fd]
         self.poller.unregister(child.fd)
         child.close()
 
     def _lost(self, child: _Child) -> None:
-        """The child died: fail what was queued on it and stop using it."""
+        """The child died: keep the results it sent before, fail the rest of what was queued
+        on it, and stop using it."""
         self._forget(child)
+        self._salvage(child)
         self._fail_queued(child, child.fail_all())
+
+    def _salvage(self, child: _Child) -> None:
+        """File the whole frames a dead child wrote before it ended."""
+        try:
+            while child.queued and child.conn.poll(0):
+                self._file(child, child.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass  # the rest of the stream is gone with the child
 
     def _fail_queued(self, child: _Child, error: BaseException) -> None:
         while child.queued:
@@ -261,6 +276,11 @@ class _Driver:
         except (EOFError, OSError):
             self._lost(child)
             return
+        self._file(child, frame)
+
+    def _file(self, child: _Child, frame: bytes) -> None:
+        """Handle one frame from ``child``: its ready signal, or the result of its oldest
+        queued frame."""
         tag = frame[:1]
         if not child.ready:
             if tag == READY:
@@ -349,8 +369,17 @@ class _ChunkValues(itertools.chain):  # type: ignore[type-arg]
 def _chunk_values(frames: Generator[Any, None, None]) -> Iterator[Any]:
     current: List[Iterator[Any]] = [iter(())]
 
+    def unpack(result: Any) -> Iterator[Any]:
+        """A chunk with a failed item: its values, then the error; after that the map is
+        over (a chain would go on to the next chunk), so the children end here."""
+        try:
+            yield from _unpack(result)
+        except BaseException:
+            frames.close()
+            raise
+
     def start(result: Any) -> Iterator[Any]:
-        current[0] = chunk = iter(result) if type(result) is _Values else _unpack(result)
+        current[0] = chunk = iter(result) if type(result) is _Values else unpack(result)
         return chunk
 
     values = cast(_ChunkValues, _ChunkValues.from_iterable(map(start, frames)))
@@ -358,7 +387,7 @@ def _chunk_values(frames: Generator[Any, None, None]) -> Iterator[Any]:
     return values
 
 
-_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 def _socket_of(fd: int) -> Optional[socket.socket]:
@@ -369,11 +398,30 @@ def _socket_of(fd: int) -> Optional[socket.socket]:
     except (OSError, ValueError):
         return None
     try:
+        # Blocking mode: the file is shared with the connection, which must stay blocking
+        # (a socket.setdefaulttimeout() would have made it non-blocking); sends say
+        # MSG_DONTWAIT instead.
+        sock.setblocking(True)
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     except OSError:
         sock.close()
         return None
+    _open_sockets.add(sock)
     return sock
+
+
+# The duplicates open in this process: a forked child closes its copies at once, so a
+# child of ours never holds another child's pipe open.
+_open_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _close_inherited() -> None:
+    for sock in list(_open_sockets):
+        sock.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
 
 
 def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:

@@ -100,13 +100,17 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
 
 def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Tuple[bytes, bytes]:
     """Run ``fn`` once on each item of a chunk. The common case (no error) runs as one
-    ``map`` and sends the plain list of values; otherwise every item gets its own
+    tight loop and sends the plain list of values; otherwise every item gets its own
     ``(ok, value or error)``, so one item's error (or unpicklable result) never costs the
     others theirs."""
     values: List[Any] = []
+    append = values.append
     try:
-        values.extend(map(fn, items))  # keeps the values before an item that raised
-    except Exception as exc:
+        # A plain loop, not map(): map would take a StopIteration raised by fn for the end
+        # of the chunk and drop the items after it.
+        for item in items:
+            append(fn(item))
+    except Exception as exc:  # values holds the items before the one that raised
         return _mixed_reply(fn, items, values, exc)
     try:
         return BATCH_VALUES, pickle.dumps(values, PROTOCOL)

@@ -337,7 +337,8 @@ class WorkPool(Generic[X, R]):
         outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Credits bound how far the dispatcher runs ahead of the consumer, so a slow
         # consumer (or one slow item under ``ordered``) never piles outcomes up in memory.
-        credits = threading.Semaphore(max(16, 4 * self._max_workers))
+        # One credit per item not yet consumed: enough for every worker to hold a few chunks.
+        credits = threading.Semaphore(max(16, 4 * self._max_workers) * chunksize)
         run: Run[X, R] = Run(sink=outcomes.put)
         raised: List[BaseException] = []
 

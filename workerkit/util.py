@@ -246,22 +246,30 @@ class _FunctionWorker(ChannelWorker[X, R]):
     def execute_chunk(self, items: Sequence[X]) -> List[Any]:
         """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``,
         or (all succeeded) the values as an ``AllOk`` list."""
-        request = BATCH + pickle.dumps(list(items), PROTOCOL)
+        body = pickle.dumps(list(items), PROTOCOL)
+        if self._conn.closed:
+            raise self._closed()
         try:
-            self._conn.send_bytes(request)
+            write_tagged(self._fd, BATCH, body)
         except OSError:
             raise self._closed() from None
         frame = self._recv()
         if frame[:1] == ERROR:
             raise _remote_error(frame)
         if frame[:1] == BATCH_VALUES:
-            return AllOk(pickle.loads(memoryview(frame)[1:]))
-        if frame[:1] != BATCH_RESULT:
+            results: List[Any] = AllOk(pickle.loads(memoryview(frame)[1:]))
+        elif frame[:1] == BATCH_RESULT:
+            results = [
+                (True, value) if ok else (False, RemoteError(*value))
+                for ok, value in pickle.loads(memoryview(frame)[1:])
+            ]
+        else:
             raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
-        return [
-            (True, value) if ok else (False, RemoteError(*value))
-            for ok, value in pickle.loads(memoryview(frame)[1:])
-        ]
+        if len(results) != len(items):
+            raise WorkerKitError(
+                f"the function worker answered {len(results)} results for {len(items)} items"
+            )
+        return results
 
     def destroy(self) -> None:
         self.channel.destroy()

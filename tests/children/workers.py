@@ -226,3 +226,34 @@ def pad_or_exit(item: Tuple[int, bytes]) -> bytes:
     if number < 0:
         os._exit(3)
     return padding
+
+
+def stop_on_three(x: int) -> int:
+    """Doubles, but raises StopIteration for 3 (an error like any other, not an end)."""
+    if x == 3:
+        raise StopIteration("three stops here")
+    return x * 2
+
+
+def pid_or_fail_on_five(x: int) -> Tuple[int, int]:
+    if x == 5:
+        raise ValueError("five")
+    return x, os.getpid()
+
+
+def kill_on_three(item: Any) -> int:
+    """Item 3 (or (3, payload)) ends its child after a short nap; others are returned."""
+    number = item if isinstance(item, int) else item[0]
+    if number == 3:
+        time.sleep(0.3)
+        os._exit(7)
+    return int(number)
+
+
+def nap_pid(_x: Any) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def big_result(_x: Any) -> bytes:
+    return b"r" * (4 << 20)

@@ -49,6 +49,8 @@ def enable_read_slices(conn: Connection, seconds: float) -> bool:
     timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
     try:
         with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            # A socket.setdefaulttimeout() would have made the shared file non-blocking.
+            sock.setblocking(True)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     except (OSError, ValueError):
         return False
@@ -67,8 +69,8 @@ def write_frame(fd: int, frame: Union[bytes, bytearray, memoryview]) -> None:
 
 
 def write_tagged(fd: int, tag: bytes, body: bytes) -> None:
-    """Write the frame ``tag + body`` with one system call (``writev``) for any size, without
-    copying ``body``. The caller makes sure ``fd`` is open."""
+    """Write the frame ``tag + body`` without copying ``body``: one ``writev`` (more only
+    when the socket takes part of it). The caller makes sure ``fd`` is open."""
     size = len(tag) + len(body)
     head = (_HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)) + tag
     sent = os.writev(fd, (head, body))
