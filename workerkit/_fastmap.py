@@ -43,7 +43,6 @@ from typing import (
     List,
     Optional,
     Tuple,
-    Union,
     cast,
 )
 
@@ -54,9 +53,9 @@ from ._function_child import (
     CALL,
     ERROR,
     INIT_ERROR,
+    PROTOCOL,
     READY,
     RESULT,
-    tagged,
 )
 from .errors import ChannelClosedError, RemoteError, WorkerKitError
 
@@ -71,7 +70,8 @@ _BIG_FRAME = 1 << 14
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
 
-Frame = Union[bytes, memoryview]
+# A request: its tag and pickled body, joined (with the length header) only when sent.
+Request = Tuple[bytes, bytes]
 
 # A result slot: (ok, value or exception) for one item, or a whole chunk's list of those.
 Result = Tuple[bool, Any]
@@ -91,21 +91,33 @@ class _Child:
         self.polling_out = False
         self.sock = _socket_of(self.fd)
 
-    def send(self, frame: Frame) -> None:
-        """Queue ``frame`` (framed as ``Connection.send_bytes`` does) and send what the socket
-        takes now; ``OSError`` when the child is gone (the frame is then not queued)."""
+    def send(self, request: Request) -> None:
+        """Send ``tag + body`` (framed as ``Connection.send_bytes`` does) as far as the socket
+        takes it now; the rest waits in the outbox. ``OSError`` when the child is gone (the
+        frame is then not queued)."""
+        tag, body = request
         if self.sock is None:
-            self.conn.send_bytes(frame)
+            self.conn.send_bytes(tag + body)
             return
-        size = len(frame)
-        header = _HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)
-        if size <= _BIG_FRAME:
-            self.outbox.append(memoryview(header + bytes(frame)))
-        else:  # no copy of a large frame
-            self.outbox.append(memoryview(header))
-            self.outbox.append(memoryview(frame).cast("B"))
+        size = len(tag) + len(body)
+        head = (_HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)) + tag
         try:
-            self.flush()
+            if size > _BIG_FRAME:  # no copy of a large body
+                self.outbox.append(memoryview(head))
+                self.outbox.append(memoryview(body))
+                self.flush()
+                return
+            data = head + body
+            if self.outbox:  # behind bytes the socket has not taken yet
+                self.outbox.append(memoryview(data))
+                self.flush()
+                return
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.outbox.append(memoryview(data)[sent:])
         except OSError:
             self.outbox.clear()
             raise
@@ -152,7 +164,7 @@ class _Driver:
         self.poller = select.poll()  # one poll object, reused: no per-wait allocations
         self.done: Dict[int, Any] = {}  # finished frames not yet yielded
         self.in_flight = 0
-        self.held: Optional[Tuple[int, Frame, Optional[BaseException]]] = None
+        self.held: Optional[Tuple[int, Request, Optional[BaseException]]] = None
         self.exhausted = False
         self.source_error: Optional[BaseException] = None
         self.source_seq = -1
@@ -167,7 +179,7 @@ class _Driver:
                 if self.held is None:
                     self.exhausted = True
                     return
-            seq, frame, error = self.held
+            seq, request, error = self.held
             if isinstance(error, _SourceFailed):
                 self.source_error = error.error
                 self.source_seq = seq
@@ -178,11 +190,11 @@ class _Driver:
                 self.done[seq] = _failed_frame(error, self.chunksize)
                 self.held = None
                 continue
-            child = self._pick(len(frame))
+            child = self._pick(len(request[1]))
             if child is None:
                 return
             try:
-                child.send(frame)
+                child.send(request)
             except OSError:
                 self._lost(child)
                 continue  # the frame is still held: it goes to another child
@@ -308,26 +320,33 @@ def pipelined_map(
 ) -> Iterator[Any]:
     """Yield ``fn(item)`` for each item (``make_worker`` makes function workers)."""
     driver = _Driver(make_worker, _frames(iterable, chunksize), max_workers, chunksize)
-    frames = _frame_results(driver, ordered)
     if chunksize == 1:
-        return _one_by_one(frames)
-    return _chunk_values(frames)
+        return _frame_results(driver, ordered, single=True)
+    return _chunk_values(_frame_results(driver, ordered, single=False))
 
 
-def _frame_results(driver: _Driver, ordered: bool) -> Generator[Any, None, None]:
-    """Each frame's result (see ``_decode``), in input order when ``ordered``."""
+def _frame_results(driver: _Driver, ordered: bool, single: bool) -> Generator[Any, None, None]:
+    """Each frame's result (see ``_decode``), in input order when ``ordered``; for one-item
+    frames (``single``) the values themselves, raising the first error."""
     done = driver.done
     wanted = 0  # the next frame sequence number to yield (ordered mode)
     try:
         while True:
             driver.feed()
             if ordered:
+                ready = []
                 while wanted in done:
-                    yield done.pop(wanted)
+                    ready.append(done.pop(wanted))
                     wanted += 1
             else:
-                for seq in sorted(done):
-                    yield done.pop(seq)
+                ready = [done.pop(seq) for seq in sorted(done)]
+            for result in ready:
+                if not single:
+                    yield result
+                elif result[0]:
+                    yield result[1]
+                else:
+                    raise result[1]
             if driver.in_flight:
                 driver.collect()
             elif driver.exhausted and not done:
@@ -336,17 +355,6 @@ def _frame_results(driver: _Driver, ordered: bool) -> Generator[Any, None, None]
                 return
     finally:
         driver.close()
-
-
-def _one_by_one(frames: Generator[Result, None, None]) -> Iterator[Any]:
-    """The values of one-item frames; raises the first error."""
-    try:
-        for ok, value in frames:
-            if not ok:
-                raise value
-            yield value
-    finally:
-        frames.close()
 
 
 class _ChunkValues(itertools.chain):  # type: ignore[type-arg]
@@ -450,8 +458,10 @@ class _SourceFailed(Exception):
         self.error = error
 
 
-def _frames(iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, Frame, Optional[BaseException]]]:
-    """``(sequence number, request frame, error)`` for each item or chunk, lazily."""
+def _frames(
+    iterable: Iterable[Any], chunksize: int
+) -> Iterator[Tuple[int, Request, Optional[BaseException]]]:
+    """``(sequence number, request, error)`` for each item or chunk, lazily."""
     iterator = iter(iterable)
     for seq in itertools.count():
         try:
@@ -465,13 +475,15 @@ def _frames(iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, Fram
                 if not payload:
                     return
         except Exception as exc:  # the source broke: raised in its place, after earlier items
-            yield seq, b"", _SourceFailed(exc)
+            yield seq, (b"", b""), _SourceFailed(exc)
             return
         tag = CALL if chunksize == 1 else BATCH
         try:
-            yield seq, tagged(tag, payload), None
+            body = pickle.dumps(payload, PROTOCOL)
         except Exception as exc:  # an unpicklable item fails in its place, in order
-            yield seq, b"", exc
+            yield seq, (tag, b""), exc
+            continue
+        yield seq, (tag, body), None
 
 
 def _failed_frame(error: BaseException, chunksize: int) -> Any:
