@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
 from ._progress import Progress
+from ._slot import Job
 from .outcome import Outcome, ProcessSummary, new_outcome
 
 X = TypeVar("X")
@@ -69,6 +70,36 @@ class Run(Generic[X, R]):
         index = self.submitted
         self.submitted = index + count  # only written under the feed's lock
         return index
+
+    def record(
+        self, job: Job, value: Any, error: Optional[BaseException], worker_id: Any, duration: float
+    ) -> None:
+        """Report a job's outcome(s): ``error`` fails every item of the job; else ``value``
+        is the item's value, or a chunk's results (``AllOk`` values, or ``[(ok, value or
+        error)]``); each item of a chunk gets an equal share of its duration."""
+        index = job.index
+        if job.items is None:
+            if error is None:
+                self.success(index, job.item, value, worker_id, duration)
+            else:
+                self.failure(index, job.item, error, worker_id, duration)
+            return
+        share = duration / len(job.items)
+        if error is None and type(value) is AllOk:
+            self.successes(index, job.items, value, worker_id, share)
+            return
+        if error is None and all(done for done, _ in value):
+            self.successes(index, job.items, [result for _, result in value], worker_id, share)
+            return
+        for offset, item in enumerate(job.items):
+            if error is not None:
+                self.failure(index + offset, item, error, worker_id, share)
+                continue
+            done, result = value[offset]
+            if done:
+                self.success(index + offset, item, result, worker_id, share)
+            else:
+                self.failure(index + offset, item, result, worker_id, share)
 
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
         """Record a finished item."""

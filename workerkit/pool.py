@@ -698,7 +698,7 @@ class WorkPool(Generic[X, R]):
                 self._busy -= 1
                 slot.state = RETIRED
                 self._slots.discard(slot)
-        self._record(job, value if ok else None, error, worker_id, duration)
+        job.run.record(job, value if ok else None, error, worker_id, duration)
         if not keep:
             return _EXIT
         if not pull:
@@ -710,37 +710,6 @@ class WorkPool(Generic[X, R]):
             return None
         slot.running = nxt
         return nxt
-
-    @staticmethod
-    def _record(
-        job: Job, value: Any, error: Optional[BaseException], worker_id: Any, duration: float
-    ) -> None:
-        """Report a job's outcome(s) to its call: ``error`` fails every item of the job;
-        else ``value`` is the item's value, or a chunk's ``[(ok, value or error)]`` (each
-        item of a chunk gets an equal share of its duration)."""
-        run, index = job.run, job.index
-        if job.items is None:
-            if error is None:
-                run.success(index, job.item, value, worker_id, duration)
-            else:
-                run.failure(index, job.item, error, worker_id, duration)
-            return
-        share = duration / len(job.items)
-        if error is None and type(value) is AllOk:
-            run.successes(index, job.items, value, worker_id, share)
-            return
-        if error is None and all(done for done, _ in value):
-            run.successes(index, job.items, [result for _, result in value], worker_id, share)
-            return
-        for offset, item in enumerate(job.items):
-            if error is not None:
-                run.failure(index + offset, item, error, worker_id, share)
-                continue
-            done, result = value[offset]
-            if done:
-                run.success(index + offset, item, result, worker_id, share)
-            else:
-                run.failure(index + offset, item, result, worker_id, share)
 
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
         """Whether a slot that finished an item of ``run`` may pull its next one itself:
@@ -878,7 +847,7 @@ class WorkPool(Generic[X, R]):
         if worker is not None:
             self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
         ran = time.perf_counter() - job.started if job.started else 0.0
-        self._record(job, None, error, worker_id, ran)
+        job.run.record(job, None, error, worker_id, ran)
 
     # ------------------------------------------------------------------ task timeouts
 
