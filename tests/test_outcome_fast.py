@@ -33,3 +33,11 @@ def test_new_outcome_is_frozen_and_behaves_like_an_outcome() -> None:
     assert not failed.ok
     with pytest.raises(KeyError):
         failed.result()
+
+
+def test_new_outcome_knows_every_field() -> None:
+    # new_outcome writes the fields itself: a new field or a __post_init__ must update it.
+    names = [f.name for f in dataclasses.fields(Outcome)]
+    assert names == ["index", "input", "value", "error", "worker_id", "duration"]
+    assert not hasattr(Outcome, "__post_init__")
+    assert sorted(vars(new_outcome(0, 1, 2, None, 3, 0.5))) == sorted(names)
