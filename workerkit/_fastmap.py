@@ -43,6 +43,7 @@ from typing import (
     List,
     Optional,
     Tuple,
+    Union,
     cast,
 )
 
@@ -53,9 +54,9 @@ from ._function_child import (
     CALL,
     ERROR,
     INIT_ERROR,
-    PROTOCOL,
     READY,
     RESULT,
+    pickled,
 )
 from .errors import ChannelClosedError, RemoteError, WorkerKitError
 
@@ -71,7 +72,7 @@ _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
 
 # A request: its tag and pickled body, joined (with the length header) only when sent.
-Request = Tuple[bytes, bytes]
+Request = Tuple[bytes, Union[bytes, memoryview]]
 
 # A result slot: (ok, value or exception) for one item, or a whole chunk's list of those.
 Result = Tuple[bool, Any]
@@ -479,7 +480,7 @@ def _frames(
             return
         tag = CALL if chunksize == 1 else BATCH
         try:
-            body = pickle.dumps(payload, PROTOCOL)
+            body = pickled(payload)
         except Exception as exc:  # an unpicklable item fails in its place, in order
             yield seq, (tag, b""), exc
             continue

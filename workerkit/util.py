@@ -26,6 +26,7 @@ from ._function_child import (
     READY,
     RESULT,
     function_main,
+    pickled,
 )
 from ._run import AllOk
 from .comm import ParentCommChannel
@@ -229,7 +230,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
             raise
 
     def execute(self, item: X) -> R:
-        body = pickle.dumps(item, PROTOCOL)  # an unpicklable item fails here, stream intact
+        body = pickled(item)  # an unpicklable item fails here, stream intact
         if self._conn.closed:
             raise self._closed()
         try:
@@ -246,7 +247,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
     def execute_chunk(self, items: Sequence[X]) -> List[Any]:
         """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``,
         or (all succeeded) the values as an ``AllOk`` list."""
-        body = pickle.dumps(list(items), PROTOCOL)
+        body = pickled(list(items))
         if self._conn.closed:
             raise self._closed()
         try:
