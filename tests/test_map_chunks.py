@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 from typing import List
 
 import pytest
@@ -69,3 +70,15 @@ def test_chunked_map_recycles_workers_by_items_not_chunks() -> None:
     assert len(pids) == 12
     assert [len(set(pids[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1]
     assert len(set(pids)) == 3
+
+
+@pytest.mark.timeout(120)
+def test_an_unpicklable_item_in_a_mapped_chunk_fails_at_its_own_position() -> None:
+    items: List[object] = [0, 1, 2, 3, 4, lambda: 5, 6, 7]
+    got: List[object] = []
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        for value in WorkPool.map(workers.identity, items, max_workers=1, chunksize=3,
+                                  start_method="spawn"):
+            got.append(value)
+    assert got == [0, 1, 2, 3, 4]  # items 3 and 4 share the bad item's chunk and still arrive
+

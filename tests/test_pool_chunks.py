@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any, Dict, List, Set, Tuple
 import pytest
 
 from tests._pools import pool_of, wait_until
+from tests.children import workers
 from workerkit import (
     ChannelClosedError,
     DynamicIterator,
@@ -368,3 +370,23 @@ def test_plain_worker_is_released_after_each_execute_of_a_chunk() -> None:
     assert [e for e in events if e != "release"] == [f"execute {i}" for i in range(20)]
     assert all(events[i + 1] == "release" for i, e in enumerate(events) if e.startswith("execute"))
     assert stats.created == 2 and stats.destroyed == 1
+
+
+def test_an_unpicklable_item_in_a_chunk_fails_alone() -> None:
+    """process(chunksize=): only the item that cannot be pickled fails, with its pickling
+    error, at its own index; the rest of its chunk runs in the child."""
+    items: List[Any] = [0, 1, 2, lambda: 3, 4, 5, 6, 7]
+    with WorkPool(lambda: function_worker(workers.identity, start_method="spawn"), max_workers=1) as pool:
+        summary = pool.process(items, chunksize=4, raise_on_error=False)
+    assert (summary.completed, summary.failed) == (7, 1)
+    (failure,) = summary.failures
+    assert failure.index == 3
+    assert isinstance(failure.error, (pickle.PicklingError, AttributeError, TypeError))
+
+
+def test_a_release_patched_onto_worker_is_still_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: List[int] = []
+    monkeypatch.setattr(Worker, "release", lambda self: calls.append(1))
+    with pool_of(lambda x: x, max_workers=1) as pool:
+        pool.process(range(3))
+    assert len(calls) == 3

@@ -56,7 +56,9 @@ from ._function_child import (
     INIT_ERROR,
     READY,
     RESULT,
+    merge_results,
     pickled,
+    split_unpicklable,
 )
 from .errors import ChannelClosedError, RemoteError, WorkerKitError
 
@@ -164,6 +166,7 @@ class _Driver:
         self.by_fd: Dict[int, _Child] = {}
         self.poller = select.poll()  # one poll object, reused: no per-wait allocations
         self.done: Dict[int, Any] = {}  # finished frames not yet yielded
+        self.patches: Dict[int, _Unpicklable] = {}  # chunks sent without their unpicklable items
         self.in_flight = 0
         self.held: Optional[Tuple[int, Request, Optional[BaseException]]] = None
         self.exhausted = False
@@ -187,8 +190,13 @@ class _Driver:
                 self.exhausted = True
                 self.held = None
                 return
-            if error is not None:
-                self.done[seq] = _failed_frame(error, self.chunksize)
+            if isinstance(error, _Unpicklable) and error.good:
+                self.patches[seq] = error  # send the good items; merge when they return
+            elif error is not None:  # nothing to send: the item (or every item) failed
+                if isinstance(error, _Unpicklable):
+                    self.done[seq] = error.merge([])
+                else:
+                    self.done[seq] = _failed_frame(error, self.chunksize)
                 self.held = None
                 continue
             child = self._pick(len(request[1]))
@@ -279,7 +287,9 @@ class _Driver:
 
     def _fail_queued(self, child: _Child, error: BaseException) -> None:
         while child.queued:
-            self.done[child.queued.popleft()] = _failed_frame(error, self.chunksize)
+            seq = child.queued.popleft()
+            self.patches.pop(seq, None)
+            self.done[seq] = _failed_frame(error, self.chunksize)
             self.in_flight -= 1
 
     def _receive(self, child: _Child) -> None:
@@ -308,7 +318,9 @@ class _Driver:
                 return
         seq = child.queued.popleft()
         self.in_flight -= 1
-        self.done[seq] = _decode(tag, frame, self.chunksize)
+        result = _decode(tag, frame, self.chunksize)
+        patch = self.patches.pop(seq, None)
+        self.done[seq] = result if patch is None else patch.merge(result)
 
 
 def pipelined_map(
@@ -451,6 +463,25 @@ def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
     return _failed_frame(WorkerKitError(f"unexpected frame from a map worker: {frame[:20]!r}"), chunksize)
 
 
+class _Unpicklable(Exception):
+    """A chunk with items that cannot be pickled: only ``good`` is sent; the others fail
+    with their own errors, at their own positions."""
+
+    def __init__(self, good: List[Any], errors: Dict[int, BaseException]):
+        super().__init__("unpicklable items in a chunk")
+        self.good = good
+        self.errors = errors
+        self.count = len(good) + len(errors)
+
+    def merge(self, result: Any) -> Any:
+        """The whole chunk's result, given the result of its good items."""
+        if type(result) is _Values:
+            return merge_results([(True, value) for value in result], self.errors, self.count)
+        if len(result) != len(self.good):  # the frame failed as a whole: so does the chunk
+            return result
+        return merge_results(result, self.errors, self.count)
+
+
 class _SourceFailed(Exception):
     """The input itself raised: map re-raises it after the items before it."""
 
@@ -482,7 +513,15 @@ def _frames(
         try:
             body = pickled(payload)
         except Exception as exc:  # an unpicklable item fails in its place, in order
-            yield seq, (tag, b""), exc
+            if chunksize == 1:
+                yield seq, (tag, b""), exc
+                continue
+            good, errors = split_unpicklable(payload)
+            if not errors or not good:  # no single culprit, or nothing left to run
+                everyone = {i: errors.get(i, exc) for i in range(len(payload))}
+                yield seq, (tag, b""), _Unpicklable([], everyone)
+                continue
+            yield seq, (tag, pickled(good)), _Unpicklable(good, errors)
             continue
         yield seq, (tag, body), None
 

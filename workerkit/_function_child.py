@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import pickle
 import traceback
-from typing import Any, Callable, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 CALL = b"C"
 RESULT = b"R"
@@ -37,7 +37,7 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 __all__ = [
     "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "BATCH_VALUES", "PROTOCOL",
-    "describe_error", "function_main", "pickled",
+    "describe_error", "function_main", "merge_results", "pickled", "split_unpicklable",
 ]
 
 
@@ -63,6 +63,30 @@ def pickled(obj: Any) -> Union[bytes, memoryview]:
     buf = io.BytesIO()
     pickle.dump(obj, buf, PROTOCOL)
     return buf.getbuffer()
+
+
+def split_unpicklable(items: Sequence[Any]) -> Tuple[List[Any], Dict[int, BaseException]]:
+    """For a chunk that did not pickle: the items that do, and the pickling error of each
+    one that does not, by position (so only those fail, each at its own place)."""
+    good: List[Any] = []
+    errors: Dict[int, BaseException] = {}
+    for position, item in enumerate(items):
+        try:
+            pickled(item)
+        except Exception as exc:
+            errors[position] = exc
+        else:
+            good.append(item)
+    return good, errors
+
+
+def merge_results(
+    good_results: Sequence[Any], errors: Dict[int, BaseException], count: int
+) -> List[Tuple[bool, Any]]:
+    """A chunk's ``[(ok, value or error)]``: ``errors`` at their positions, the results of
+    the other items (``(ok, value)`` pairs, in order) in between."""
+    rest = iter(good_results)
+    return [(False, errors[i]) if i in errors else next(rest) for i in range(count)]
 
 
 def _error_frame(tag: bytes, exc: BaseException) -> bytes:

@@ -70,6 +70,8 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 logger = logging.getLogger("workerkit")
+# Worker.release as defined (not as patched later, e.g. by a test's spy): a no-op.
+_NOOP_RELEASE = Worker.__dict__["release"]
 
 __all__ = ["WorkPool"]
 
@@ -764,7 +766,7 @@ class WorkPool(Generic[X, R]):
             slot.execute = execute
             # The base class's release() does nothing: not calling it saves a call per item.
             slot.release = (
-                release if callable(release) and getattr(release, "__func__", None) is not Worker.release
+                release if callable(release) and getattr(release, "__func__", None) is not _NOOP_RELEASE
                 else None
             )
             slot.tasks = 0

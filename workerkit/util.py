@@ -26,7 +26,9 @@ from ._function_child import (
     READY,
     RESULT,
     function_main,
+    merge_results,
     pickled,
+    split_unpicklable,
 )
 from ._run import AllOk
 from .comm import ParentCommChannel
@@ -246,8 +248,17 @@ class _FunctionWorker(ChannelWorker[X, R]):
 
     def execute_chunk(self, items: Sequence[X]) -> List[Any]:
         """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``,
-        or (all succeeded) the values as an ``AllOk`` list."""
-        body = pickled(list(items))
+        or (all succeeded) the values as an ``AllOk`` list. An item that cannot be pickled
+        fails alone, with its pickling error; the others still run."""
+        try:
+            body = pickled(list(items))
+        except Exception as exc:
+            good, errors = split_unpicklable(items)
+            if not errors or not good:  # no single culprit, or nothing left to run
+                return [(False, errors.get(i, exc)) for i in range(len(items))]
+            done = self.execute_chunk(good)
+            pairs = [(True, value) for value in done] if type(done) is AllOk else done
+            return merge_results(pairs, errors, len(items))
         if self._conn.closed:
             raise self._closed()
         try:
