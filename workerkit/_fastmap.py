@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 import pickle
 import select
-import socket
-import struct
 import types
-import weakref
 from typing import (
     Any,
     Callable,
-    Deque,
     Dict,
     Generator,
     Iterable,
@@ -43,7 +38,6 @@ from typing import (
     List,
     Optional,
     Tuple,
-    Union,
     cast,
 )
 
@@ -60,7 +54,8 @@ from ._function_child import (
     pickled,
     split_unpicklable,
 )
-from .errors import ChannelClosedError, RemoteError, WorkerKitError
+from ._map_child import BIG_FRAME, MapChild, Request
+from .errors import RemoteError, WorkerKitError
 
 __all__ = ["pipelined_map"]
 
@@ -69,87 +64,9 @@ DEPTH = 4  # frames queued per child: enough to hide a round trip, small enough 
 # idle children, and at most DEPTH - 1 small ones (48 KiB) wait in a busy child's socket
 # buffer: the parent never blocks writing to a child that is itself blocked writing a
 # large result (no write/write deadlock).
-_BIG_FRAME = 1 << 14
-_HEADER = struct.Struct("!i")
-_BIG_HEADER = struct.Struct("!Q")
-
-# A request: its tag and pickled body, joined (with the length header) only when sent.
-Request = Tuple[bytes, Union[bytes, memoryview]]
 
 # A result slot: (ok, value or exception) for one item, or a whole chunk's list of those.
 Result = Tuple[bool, Any]
-
-
-class _Child:
-    """One child process, the frames queued on it (oldest first), and the bytes of those
-    frames its socket has not taken yet."""
-
-    def __init__(self, worker: Any):
-        self.worker = worker
-        self.conn = worker.channel.connection
-        self.fd = self.conn.fileno()
-        self.ready = False
-        self.queued: Deque[int] = collections.deque()  # sequence numbers of frames in flight
-        self.outbox: Deque[memoryview] = collections.deque()
-        self.polling_out = False
-        self.sock = _socket_of(self.fd)
-
-    def send(self, request: Request) -> None:
-        """Send ``tag + body`` (framed as ``Connection.send_bytes`` does) as far as the socket
-        takes it now; the rest waits in the outbox. ``OSError`` when the child is gone (the
-        frame is then not queued)."""
-        tag, body = request
-        if self.sock is None:
-            self.conn.send_bytes(tag + body)
-            return
-        size = len(tag) + len(body)
-        head = (_HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)) + tag
-        try:
-            if size > _BIG_FRAME:  # no copy of a large body
-                self.outbox.append(memoryview(head))
-                self.outbox.append(memoryview(body))
-                self.flush()
-                return
-            data = head + body
-            if self.outbox:  # behind bytes the socket has not taken yet
-                self.outbox.append(memoryview(data))
-                self.flush()
-                return
-            try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                self.outbox.append(memoryview(data)[sent:])
-        except OSError:
-            self.outbox.clear()
-            raise
-
-    def flush(self) -> None:
-        """Send queued bytes until the socket buffer is full (``OSError``: the child is gone)."""
-        assert self.sock is not None
-        outbox, send = self.outbox, self.sock.send
-        while outbox:
-            head = outbox[0]
-            try:
-                sent = send(head, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            if sent == head.nbytes:
-                outbox.popleft()
-            else:
-                outbox[0] = head[sent:]
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def fail_all(self) -> ChannelClosedError:
-        """End the (dead) child and describe how it ended."""
-        from .util import child_ended
-
-        return child_ended(self.worker.channel, "the map worker")
 
 
 class _Driver:
@@ -162,8 +79,8 @@ class _Driver:
         self.frames = frames
         self.max_workers = max_workers
         self.chunksize = chunksize
-        self.children: List[_Child] = []
-        self.by_fd: Dict[int, _Child] = {}
+        self.children: List[MapChild] = []
+        self.by_fd: Dict[int, MapChild] = {}
         self.poller = select.poll()  # one poll object, reused: no per-wait allocations
         self.done: Dict[int, Any] = {}  # finished frames not yet yielded
         self.patches: Dict[int, _Unpicklable] = {}  # chunks sent without their unpicklable items
@@ -233,9 +150,9 @@ class _Driver:
             child.close()
             child.worker.destroy()
 
-    def _pick(self, size: int) -> Optional[_Child]:
+    def _pick(self, size: int) -> Optional[MapChild]:
         """The child to send a frame of ``size`` bytes to, or None if all are full."""
-        best: Optional[_Child] = None
+        best: Optional[MapChild] = None
         for child in self.children:
             if best is None or len(child.queued) < len(best.queued):
                 best = child
@@ -243,26 +160,26 @@ class _Driver:
             return best
         if len(self.children) < self.max_workers:
             return self._spawn()
-        limit = 1 if size > _BIG_FRAME and best is not None and best.sock is None else DEPTH
+        limit = 1 if size > BIG_FRAME and best is not None and best.sock is None else DEPTH
         if best is not None and len(best.queued) < limit:
             return best
         return None
 
-    def _spawn(self) -> _Child:
-        child = _Child(self.make_worker())
+    def _spawn(self) -> MapChild:
+        child = MapChild(self.make_worker())
         self.children.append(child)
         self.by_fd[child.fd] = child
         self.poller.register(child.fd, _READABLE)
         return child
 
-    def _watch(self, child: _Child) -> None:
+    def _watch(self, child: MapChild) -> None:
         """Poll ``child`` for writability too while its outbox holds bytes."""
         want = bool(child.outbox)
         if want != child.polling_out and child.fd in self.by_fd:
             self.poller.modify(child.fd, _READABLE | select.POLLOUT if want else _READABLE)
             child.polling_out = want
 
-    def _forget(self, child: _Child) -> None:
+    def _forget(self, child: MapChild) -> None:
         if self.by_fd.get(child.fd) is not child:
             return  # already forgotten
         self.children.remove(child)
@@ -270,14 +187,14 @@ class _Driver:
         self.poller.unregister(child.fd)
         child.close()
 
-    def _lost(self, child: _Child) -> None:
+    def _lost(self, child: MapChild) -> None:
         """The child died: keep the results it sent before, fail the rest of what was queued
         on it, and stop using it."""
         self._forget(child)
         self._salvage(child)
         self._fail_queued(child, child.fail_all())
 
-    def _salvage(self, child: _Child) -> None:
+    def _salvage(self, child: MapChild) -> None:
         """File the whole frames a dead child wrote before it ended."""
         try:
             while child.queued and child.conn.poll(0):
@@ -285,14 +202,14 @@ class _Driver:
         except (EOFError, OSError):
             pass  # the rest of the stream is gone with the child
 
-    def _fail_queued(self, child: _Child, error: BaseException) -> None:
+    def _fail_queued(self, child: MapChild, error: BaseException) -> None:
         while child.queued:
             seq = child.queued.popleft()
             self.patches.pop(seq, None)
             self.done[seq] = _failed_frame(error, self.chunksize)
             self.in_flight -= 1
 
-    def _receive(self, child: _Child) -> None:
+    def _receive(self, child: MapChild) -> None:
         """Read one frame from ``child`` and file its result under its sequence number."""
         try:
             frame = child.conn.recv_bytes()
@@ -301,7 +218,7 @@ class _Driver:
             return
         self._file(child, frame)
 
-    def _file(self, child: _Child, frame: bytes) -> None:
+    def _file(self, child: MapChild, frame: bytes) -> None:
         """Handle one frame from ``child``: its ready signal, or the result of its oldest
         queued frame."""
         tag = frame[:1]
@@ -409,40 +326,6 @@ def _chunk_values(frames: Generator[Any, None, None]) -> Iterator[Any]:
 
 
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
-
-
-def _socket_of(fd: int) -> Optional[socket.socket]:
-    """A socket object on (a duplicate of) ``fd`` for non-blocking sends, or None when the
-    connection is not a socket."""
-    try:
-        sock = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
-    except (OSError, ValueError):
-        return None
-    try:
-        # Blocking mode: the file is shared with the connection, which must stay blocking
-        # (a socket.setdefaulttimeout() would have made it non-blocking); sends say
-        # MSG_DONTWAIT instead.
-        sock.setblocking(True)
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-    except OSError:
-        sock.close()
-        return None
-    _open_sockets.add(sock)
-    return sock
-
-
-# The duplicates open in this process: a forked child closes its copies at once, so a
-# child of ours never holds another child's pipe open.
-_open_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-
-
-def _close_inherited() -> None:
-    for sock in list(_open_sockets):
-        sock.close()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited)
 
 
 def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
