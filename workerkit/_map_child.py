@@ -14,17 +14,15 @@ from __future__ import annotations
 import collections
 import os
 import socket
-import struct
 import weakref
 from typing import Any, Deque, Optional, Tuple, Union
 
+from .comm._wire import frame_header
 from .errors import ChannelClosedError
 
 __all__ = ["BIG_FRAME", "MapChild", "Request"]
 
 BIG_FRAME = 1 << 14  # larger frames are queued without copying their body
-_HEADER = struct.Struct("!i")
-_BIG_HEADER = struct.Struct("!Q")
 
 # A request: its tag and pickled body, joined (with the length header) only when sent.
 Request = Tuple[bytes, Union[bytes, memoryview]]
@@ -53,7 +51,7 @@ class MapChild:
             self.conn.send_bytes(tag + body)
             return
         size = len(tag) + len(body)
-        head = (_HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)) + tag
+        head = frame_header(size) + tag
         try:
             if size > BIG_FRAME:  # no copy of a large body
                 self.outbox.append(memoryview(head))

@@ -31,7 +31,7 @@ import struct
 from multiprocessing.connection import Connection
 from typing import Optional, Tuple, Union
 
-__all__ = ["Frame", "FrameReader", "enable_read_slices", "write_frame", "write_tagged"]
+__all__ = ["Frame", "FrameReader", "enable_read_slices", "frame_header", "write_frame", "write_tagged"]
 
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
@@ -57,6 +57,11 @@ def enable_read_slices(conn: Connection, seconds: float) -> bool:
     return True
 
 
+def frame_header(size: int) -> bytes:
+    """The length header ``Connection.send_bytes`` puts before a frame of ``size`` bytes."""
+    return _HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)
+
+
 def write_frame(fd: int, frame: Union[bytes, bytearray, memoryview]) -> None:
     """Write one frame as ``Connection.send_bytes`` does (header, then body; one write for
     a small frame), without its per-call checks. The caller makes sure ``fd`` is open."""
@@ -64,7 +69,7 @@ def write_frame(fd: int, frame: Union[bytes, bytearray, memoryview]) -> None:
     if size <= _SMALL:
         _write_all(fd, _HEADER.pack(size) + bytes(frame))
         return
-    _write_all(fd, _HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size))
+    _write_all(fd, frame_header(size))
     _write_all(fd, frame)
 
 
@@ -73,7 +78,7 @@ def write_tagged(fd: int, tag: bytes, body: Union[bytes, memoryview]) -> None:
     ``writev``, a large one as header then body (measured: one ``writev`` of a megabyte body
     to a Unix socket ran about 20% slower than two writes)."""
     size = len(tag) + len(body)
-    head = (_HEADER.pack(size) if size <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(size)) + tag
+    head = frame_header(size) + tag
     if size > _SMALL:
         _write_all(fd, head)
         _write_all(fd, body)
