@@ -55,6 +55,7 @@ from ._function_child import (
     split_unpicklable,
 )
 from ._map_child import BIG_FRAME, MapChild, Request
+from ._run import AllOk, as_pairs
 from .errors import RemoteError, WorkerKitError
 
 __all__ = ["pipelined_map"]
@@ -317,7 +318,7 @@ def _chunk_values(frames: Generator[Any, None, None]) -> Iterator[Any]:
             raise
 
     def start(result: Any) -> Iterator[Any]:
-        current[0] = chunk = iter(result) if type(result) is _Values else unpack(result)
+        current[0] = chunk = iter(result) if type(result) is AllOk else unpack(result)
         return chunk
 
     values = cast(_ChunkValues, _ChunkValues.from_iterable(map(start, frames)))
@@ -336,7 +337,7 @@ def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
         except Exception as exc:  # the result could not be unpickled here
             return (False, exc)
     if tag == BATCH_VALUES:
-        return _Values(pickle.loads(memoryview(frame)[1:]))
+        return AllOk(pickle.loads(memoryview(frame)[1:]))
     if tag == BATCH_RESULT:
         results = pickle.loads(memoryview(frame)[1:])
         return [(ok, value if ok else RemoteError(*value)) for ok, value in results]
@@ -358,11 +359,9 @@ class _Unpicklable(Exception):
 
     def merge(self, result: Any) -> Any:
         """The whole chunk's result, given the result of its good items."""
-        if type(result) is _Values:
-            return merge_results([(True, value) for value in result], self.errors, self.count)
         if len(result) != len(self.good):  # the frame failed as a whole: so does the chunk
             return result
-        return merge_results(result, self.errors, self.count)
+        return merge_results(as_pairs(result), self.errors, self.count)
 
 
 class _SourceFailed(Exception):
@@ -399,12 +398,8 @@ def _frames(
             if chunksize == 1:
                 yield seq, (tag, b""), exc
                 continue
-            good, errors = split_unpicklable(payload)
-            if not errors or not good:  # no single culprit, or nothing left to run
-                everyone = {i: errors.get(i, exc) for i in range(len(payload))}
-                yield seq, (tag, b""), _Unpicklable([], everyone)
-                continue
-            yield seq, (tag, pickled(good)), _Unpicklable(good, errors)
+            good, errors = split_unpicklable(payload, exc)
+            yield seq, (tag, pickled(good) if good else b""), _Unpicklable(good, errors)
             continue
         yield seq, (tag, body), None
 
@@ -413,9 +408,6 @@ def _failed_frame(error: BaseException, chunksize: int) -> Any:
     """A failed result in the shape ``_unpack`` expects (chunks fail as a whole)."""
     return [(False, error)] if chunksize > 1 else (False, error)
 
-
-class _Values(list):  # type: ignore[type-arg]
-    """A chunk whose items all succeeded: plain values, no per-item status."""
 
 
 def _unpack(result: Any) -> Iterator[Any]:

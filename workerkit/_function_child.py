@@ -65,9 +65,12 @@ def pickled(obj: Any) -> Union[bytes, memoryview]:
     return buf.getbuffer()
 
 
-def split_unpicklable(items: Sequence[Any]) -> Tuple[List[Any], Dict[int, BaseException]]:
-    """For a chunk that did not pickle: the items that do, and the pickling error of each
-    one that does not, by position (so only those fail, each at its own place)."""
+def split_unpicklable(
+    items: Sequence[Any], error: BaseException
+) -> Tuple[List[Any], Dict[int, BaseException]]:
+    """For a chunk that failed to pickle with ``error``: the items that pickle, and the
+    pickling error of each one that does not, by position (so only those fail, each at its
+    own place). When no single item is to blame, every item fails with ``error``."""
     good: List[Any] = []
     errors: Dict[int, BaseException] = {}
     for position, item in enumerate(items):
@@ -77,6 +80,8 @@ def split_unpicklable(items: Sequence[Any]) -> Tuple[List[Any], Dict[int, BaseEx
             errors[position] = exc
         else:
             good.append(item)
+    if not errors:
+        return [], {position: error for position in range(len(items))}
     return good, errors
 
 

@@ -20,12 +20,17 @@ R = TypeVar("R")
 
 logger = logging.getLogger("workerkit")
 
-__all__ = ["Run"]
+__all__ = ["AllOk", "Run", "as_pairs"]
 
 
 class AllOk(list):  # type: ignore[type-arg]
     """A chunk's result when every item succeeded: the plain values, in item order (the
     general form is ``[(ok, value or error)]``). Saves a tuple per item on the common path."""
+
+
+def as_pairs(results: List[Any]) -> List[Any]:
+    """A chunk's result in the general form ``[(ok, value or error)]``."""
+    return [(True, value) for value in results] if type(results) is AllOk else results
 
 
 class Run(Generic[X, R]):

@@ -30,7 +30,7 @@ from ._function_child import (
     pickled,
     split_unpicklable,
 )
-from ._run import AllOk
+from ._run import AllOk, as_pairs
 from .comm import ParentCommChannel
 from .comm._wire import Frame, FrameReader, write_tagged
 from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
@@ -253,12 +253,9 @@ class _FunctionWorker(ChannelWorker[X, R]):
         try:
             body = pickled(list(items))
         except Exception as exc:
-            good, errors = split_unpicklable(items)
-            if not errors or not good:  # no single culprit, or nothing left to run
-                return [(False, errors.get(i, exc)) for i in range(len(items))]
-            done = self.execute_chunk(good)
-            pairs = [(True, value) for value in done] if type(done) is AllOk else done
-            return merge_results(pairs, errors, len(items))
+            good, errors = split_unpicklable(items, exc)
+            done = as_pairs(self.execute_chunk(good)) if good else []
+            return merge_results(done, errors, len(items))
         if self._conn.closed:
             raise self._closed()
         try:
