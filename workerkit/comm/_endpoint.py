@@ -150,7 +150,8 @@ class Endpoint:
             return False
         if reg.kind != FUTURE:
             self._unpark.set()  # callbacks are the reader's job: call it back now
-        self.ensure_reader()
+        if self._reader is None:
+            self.ensure_reader()
         return True
 
     def ensure_reader(self) -> None:
@@ -317,10 +318,10 @@ class Endpoint:
             logger.warning("dropped a malformed message from process %s: %s", self.peer_pid, exc)
             return True
         targets = self.registry.targets(event_type)
-        if driver:
+        if driver and self.registry.callbacks:
             targets = tuple(targets)  # one snapshot decides, so no callback sneaks in later
             # Counted before a callback is published: zero now means none in the snapshot.
-            if self.registry.callbacks and any(reg.kind != FUTURE for reg in targets):
+            if any(reg.kind != FUTURE for reg in targets):
                 return False
         if not targets:  # an empty tuple: nobody listens, so do not even unpickle it
             if logger.isEnabledFor(logging.DEBUG):
@@ -342,10 +343,13 @@ class Endpoint:
             if reg.kind == EVERY:
                 self._call_listener(reg, event)
             elif self.registry.discard(reg):  # claim: fires at most once
-                if reg.kind == FUTURE:
-                    _resolve(reg.future, event)
-                else:
+                if reg.kind != FUTURE:
                     self._call_once(reg, event)
+                    continue
+                try:
+                    reg.future.set_result(event)  # type: ignore[union-attr]
+                except InvalidStateError:  # cancelled by its owner meanwhile
+                    pass
 
     def _call_listener(self, reg: Registration, event: CommEvent) -> None:
         assert reg.callback is not None
@@ -471,11 +475,6 @@ def shutdown_socket(conn: Connection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:  # already shut down by the peer, or not a socket
         pass
-
-
-def _resolve(future: Optional[Future[CommEvent]], event: CommEvent) -> None:
-    assert future is not None
-    _settle(future.set_result, event)
 
 
 def _fail(future: Optional[Future[CommEvent]], err: BaseException) -> None:

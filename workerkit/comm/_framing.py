@@ -34,6 +34,10 @@ CommEvent = Dict[str, Any]
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MAX_TYPE_BYTES = 255
 _EMPTY_BODY = pickle.dumps({}, protocol=_PROTOCOL)
+# Frame tags of the event types sent so far (a program uses a handful): a send skips
+# validating and encoding its type name. Bounded, for programs that make types up.
+_TAGS: Dict[str, bytes] = {}
+_MAX_TAGS = 1024
 
 
 class MessageDecodeError(WorkerKitError):
@@ -54,13 +58,24 @@ class MalformedFrameError(WorkerKitError):
     """A frame whose event type cannot even be read (internal: logged and dropped)."""
 
 
-def encode_frame(event_type: str, data: Optional[Mapping[str, Any]]) -> bytes:
-    """Build the frame for ``send(event_type, data)``; raises before anything is written."""
+def _type_tag(event_type: str) -> bytes:
+    """The length byte and utf-8 name that start a frame of ``event_type`` (validated)."""
     if not isinstance(event_type, str):
         raise TypeError(f"event type must be a str, not {type(event_type).__name__}")
     name = event_type.encode("utf-8")
     if len(name) > _MAX_TYPE_BYTES:
         raise ValueError(f"event type is {len(name)} bytes long in utf-8; the limit is 255")
+    tag = bytes((len(name),)) + name
+    if len(_TAGS) < _MAX_TAGS and type(event_type) is str:  # a str subclass may hash oddly
+        _TAGS[event_type] = tag
+    return tag
+
+
+def encode_frame(event_type: str, data: Optional[Mapping[str, Any]]) -> bytes:
+    """Build the frame for ``send(event_type, data)``; raises before anything is written."""
+    tag = _TAGS.get(event_type) if type(event_type) is str else None
+    if tag is None:
+        tag = _type_tag(event_type)
     if data is None:
         body = _EMPTY_BODY
     else:
@@ -70,7 +85,7 @@ def encode_frame(event_type: str, data: Optional[Mapping[str, Any]]) -> bytes:
             raise ValueError('data must not contain a "type" key: the event type is sent as such')
         # Pickle errors (PicklingError, TypeError, AttributeError) surface here, at the call.
         body = pickle.dumps(data if type(data) is dict else dict(data), protocol=_PROTOCOL)
-    return b"".join((bytes((len(name),)), name, body))
+    return tag + body
 
 
 def split_frame(frame: Union[bytes, bytearray]) -> Tuple[str, memoryview]:

@@ -73,6 +73,14 @@ def _noop() -> None:
     """The remover of a registration that was never added (closed channel)."""
 
 
+def _without(regs: Tuple[Registration, ...], reg: Registration) -> Tuple[Registration, ...]:
+    """``regs`` minus ``reg``. The oldest goes first in the common case (a reply awaited by
+    one ``listen_once``), so that case is a slice, not a scan."""
+    if regs and regs[0] is reg:
+        return regs[1:]
+    return tuple(r for r in regs if r is not reg)
+
+
 class ListenerRegistry:
     """Registrations keyed by event type, plus the catch-all ones."""
 
@@ -112,9 +120,9 @@ class ListenerRegistry:
             if reg.kind != FUTURE:
                 self.callbacks -= 1
             if reg.event_type is None:
-                self._every = tuple(r for r in self._every if r is not reg)
+                self._every = _without(self._every, reg)
                 return True
-            left = tuple(r for r in self._by_type.get(reg.event_type, ()) if r is not reg)
+            left = _without(self._by_type.get(reg.event_type, _NO_REGS), reg)
             if left:
                 self._by_type[reg.event_type] = left
             else:

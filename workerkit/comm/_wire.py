@@ -122,6 +122,17 @@ class FrameReader:
 
     def read_sliced(self) -> Optional[Frame]:
         """The next frame, or None when a read slice passed before it began."""
+        if self._partial is None and self._pos == len(self._buf):  # nothing read ahead
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                return None
+            # The common case, one whole small frame and nothing after it: no buffering.
+            if len(data) > 4 and _HEADER.unpack_from(data)[0] == len(data) - 4:
+                return data[4:]
+            if not data:
+                raise EOFError("the peer closed the connection")
+            self._buf, self._pos = data, 0
         return self._read(sliced=True)
 
     def _read(self, sliced: bool) -> Optional[Frame]:

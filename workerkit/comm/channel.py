@@ -140,7 +140,8 @@ class ProcessCommChannel:
         The future fails with ``ChannelClosedError`` if the channel closes first (at once
         if it is closed already); the callback is then never called.
         """
-        _check_type(event_type)
+        if type(event_type) is not str:
+            _check_type(event_type)
         if callback is not None:
             return self._add(event_type, ONCE, callback)
         future = _DrivenFuture(self._endpoint)
