@@ -288,6 +288,13 @@ class ParentCommChannel(ProcessCommChannel):
             logger.info("child process %s ignored SIGTERM: SIGKILL", self._pid)
             self._process.kill()
             code = self._wait_exit(_KILL_WAIT)
+        if code is None and self._ended_unreaped():
+            logger.warning(
+                "child process %s ended, but its exit status was collected elsewhere in this "
+                "process (another waitpid); its exit code is unknown", self._pid,
+            )
+            self._release_unreaped()
+            return
         if code is None:
             logger.error("child process %s survived SIGKILL; not reaped", self._pid)
             return
@@ -297,6 +304,35 @@ class ParentCommChannel(ProcessCommChannel):
                 self._process.close()  # releases the sentinel fd; pid and exit code stay cached
             except ValueError:  # multiprocessing does not consider it finished: keep it open
                 return
+            self._process_closed = True
+
+    def _ended_unreaped(self) -> bool:
+        """The child ended (its sentinel says so) yet no exit status is to be had: a
+        concurrent ``waitpid`` elsewhere in this process took it (ECHILD for us)."""
+        ended = self._ended
+        if ended is None or not ended.poll(0) or self._pid is None:
+            return False
+        try:
+            os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        return False  # still ours to wait for (a forkserver child's code comes through its
+        # sentinel, so one that ended always has a code and never gets here)
+
+    def _release_unreaped(self) -> None:
+        """Close the sentinel pipe of a child whose exit status went elsewhere:
+        ``Process.close()`` refuses a process it never saw end."""
+        with self._join_lock:
+            self._ended = None  # before its fd closes: active stops polling it
+            popen = getattr(self._process, "_popen", None)
+            close = getattr(popen, "close", None)
+            if close is not None:
+                close()
+            # multiprocessing would go on polling that pid at every Process.start(): once
+            # the pid is reused by a new child, it would steal that child's exit status.
+            children = getattr(multiprocessing.process, "_children", None)
+            if isinstance(children, set):
+                children.discard(self._process)
             self._process_closed = True
 
     def _forget_inherited(self) -> None:
