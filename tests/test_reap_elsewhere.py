@@ -1,6 +1,7 @@
 """A child whose exit status someone else collected (another ``waitpid`` in the same
 process, racing ours) is still released by ``destroy``: its pipe ends are closed, nothing
-is logged as an error, and ``destroy`` returns promptly instead of escalating for nothing."""
+is logged as an error, no signal goes to its pid (which may be someone else's by now), and
+its ``Process`` is closed as after any other ``destroy``."""
 
 from __future__ import annotations
 
@@ -35,8 +36,14 @@ def test_a_child_reaped_elsewhere_is_released_without_an_error(caplog: pytest.Lo
         start = time.monotonic()
         channel.destroy()
         took = time.monotonic() - start
+    messages = [r.getMessage() for r in caplog.records if r.name == "workerkit"]
     errors = [r.getMessage() for r in caplog.records if r.name == "workerkit" and r.levelno >= logging.ERROR]
     assert errors == []
+    # Its pid may already be someone else's: no signal may go to it.
+    assert not [m for m in messages if "SIGTERM" in m or "SIGKILL" in m], messages
+    assert any("collected elsewhere" in m for m in messages), messages
+    with pytest.raises(ValueError, match="closed"):
+        channel.process.is_alive()  # closed like any other destroyed child's process
     assert not _fd_open(sentinel), "the child's sentinel pipe end was left open"
     assert took < 5.0, f"destroy took {took:.1f} s for a child that was already gone"
     assert not channel.active

@@ -233,7 +233,8 @@ class Endpoint:
         else is reading; otherwise it returns at once and the caller waits as usual (and
         the reader steps aside for the next round trip).
         """
-        if self.registry.callbacks or self._is_closed:
+        # Frames handed to the reader go first: reading past them would reorder events.
+        if self.registry.callbacks or self._is_closed or self._handoff:
             return timeout
         if not self._read_lock.acquire(blocking=False):
             self._last_drive = time.monotonic()  # ask the reader to step aside next time

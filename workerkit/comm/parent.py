@@ -280,20 +280,21 @@ class ParentCommChannel(ProcessCommChannel):
         if self._pid is None:
             return
         code = self._wait_exit(timeout)
+        # Before each signal: a pid whose status someone else collected may already belong
+        # to an unrelated process, which must not get our SIGTERM or SIGKILL.
+        if code is None and self._released_if_unreaped():
+            return
         if code is None:
             logger.info("child process %s still running after %.1f s: SIGTERM", self._pid, timeout)
             self._process.terminate()
             code = self._wait_exit(_TERM_GRACE)
+        if code is None and self._released_if_unreaped():
+            return
         if code is None:
             logger.info("child process %s ignored SIGTERM: SIGKILL", self._pid)
             self._process.kill()
             code = self._wait_exit(_KILL_WAIT)
-        if code is None and self._ended_unreaped():
-            logger.warning(
-                "child process %s ended, but its exit status was collected elsewhere in this "
-                "process (another waitpid); its exit code is unknown", self._pid,
-            )
-            self._release_unreaped()
+        if code is None and self._released_if_unreaped():
             return
         if code is None:
             logger.error("child process %s survived SIGKILL; not reaped", self._pid)
@@ -319,20 +320,33 @@ class ParentCommChannel(ProcessCommChannel):
         return False  # still ours to wait for (a forkserver child's code comes through its
         # sentinel, so one that ended always has a code and never gets here)
 
+    def _released_if_unreaped(self) -> bool:
+        """Release the child if it ended with its exit status taken elsewhere; say so."""
+        if not self._ended_unreaped():
+            return False
+        logger.warning(
+            "child process %s ended, but its exit status was collected elsewhere in this "
+            "process (another waitpid); its exit code is unknown", self._pid,
+        )
+        self._release_unreaped()
+        return True
+
     def _release_unreaped(self) -> None:
-        """Close the sentinel pipe of a child whose exit status went elsewhere:
-        ``Process.close()`` refuses a process it never saw end."""
+        """Close a child whose exit status went elsewhere as ``destroy`` closes any other:
+        ``Process.close()`` releases its sentinel and drops it from multiprocessing's
+        registry (which would otherwise go on polling the pid, and once the pid is reused
+        by a new child, steal that child's exit status)."""
         with self._join_lock:
             self._ended = None  # before its fd closes: active stops polling it
             popen = getattr(self._process, "_popen", None)
-            close = getattr(popen, "close", None)
-            if close is not None:
-                close()
-            # multiprocessing would go on polling that pid at every Process.start(): once
-            # the pid is reused by a new child, it would steal that child's exit status.
-            children = getattr(multiprocessing.process, "_children", None)
-            if isinstance(children, set):
-                children.discard(self._process)
+            if popen is not None and getattr(popen, "returncode", 0) is None:
+                # multiprocessing's own "exit code unknown" (its forkserver Popen uses it
+                # too); without one, Process.close() refuses a process it never saw end.
+                popen.returncode = 255
+            try:
+                self._process.close()
+            except ValueError:
+                return
             self._process_closed = True
 
     def _forget_inherited(self) -> None:
