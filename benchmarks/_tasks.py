@@ -71,13 +71,20 @@ def pipe_echo(conn: Any) -> None:
         conn.close()
 
 
-def channel_echo() -> None:
+def channel_echo(pipe: Any = None) -> None:
     """workerkit channel child: answer every ``ping`` with a ``pong`` carrying its ``i``.
 
-    Returning with a listener registered keeps the child alive until the parent closes
-    the channel (workerkit's bootstrap waits for it).
+    With ``pipe`` (a raw ``Pipe`` end), a thread of this same child also answers on it as
+    :func:`pipe_echo` does: the raw baseline then runs between the same two processes as
+    the channel. Returning with a listener registered keeps the child alive until the
+    parent closes the channel (workerkit's bootstrap waits for it).
     """
+    import threading
+
     from workerkit import ChildCommChannel
+
+    if pipe is not None:
+        threading.Thread(target=pipe_echo, args=(pipe,), name="bench-pipe-echo", daemon=True).start()
 
     channel = ChildCommChannel()
     send = channel.send

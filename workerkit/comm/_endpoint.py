@@ -86,6 +86,8 @@ class Endpoint:
         # Whoever reads a frame holds this until it is dispatched: the reader thread, or a
         # thread waiting on a listen_once future that reads for itself. Keeps frames in order.
         self._read_lock = threading.Lock()
+        # Settling a listen_once future vs making its Condition (see channel._DrivenFuture).
+        self.future_lock = threading.Lock()
         # Two pollers: select.poll objects refuse concurrent use from two threads.
         self._data_fd = conn.fileno()
         self._reader_poll = _poller(conn)

@@ -65,10 +65,11 @@ Closing rules:
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+import threading
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from multiprocessing.connection import Connection
-from typing import Any, Mapping, Optional, Union, overload
+from typing import Any, Callable, List, Mapping, Optional, Union, overload
 
 from ._endpoint import Endpoint
 from ._framing import CommEvent, encode_frame
@@ -196,12 +197,47 @@ class _DrivenFuture(Future[CommEvent]):
     ``result()``/``exception()`` first let the calling thread read and dispatch frames
     (:meth:`Endpoint.drive`), saving the reader-thread-to-waiter hand-off on a round trip;
     the reader thread still resolves it otherwise (callbacks, ``concurrent.futures.wait``).
+
+    Its ``Condition`` is made on first use: a future settled by the thread that waits on
+    it (a round trip) never needs one, so none is built and none is notified. Settling
+    checks, under the endpoint's ``future_lock`` (which also guards making one), whether
+    one exists: without it nobody can be waiting, holding callbacks or ``wait()`` waiters.
     """
 
     def __init__(self, endpoint: Endpoint) -> None:
-        super().__init__()
+        # Future.__init__, minus the Condition (see _condition).
+        self._lazy_condition: Optional[threading.Condition] = None
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks: List[Callable[[Future[CommEvent]], object]] = []
         self._endpoint = endpoint
         self.registration: Optional[Registration] = None
+
+    @property
+    def _condition(self) -> threading.Condition:
+        cond = self._lazy_condition
+        if cond is None:
+            with self._endpoint.future_lock:
+                cond = self._lazy_condition
+                if cond is None:
+                    cond = self._lazy_condition = threading.Condition()
+        return cond
+
+    @_condition.setter
+    def _condition(self, cond: threading.Condition) -> None:
+        self._lazy_condition = cond
+
+    def set_result(self, result: CommEvent) -> None:
+        with self._endpoint.future_lock:
+            if self._lazy_condition is None:  # nobody waits on it: settle in place
+                if self._state != PENDING:
+                    raise InvalidStateError(f"{self._state}: {self!r}")
+                self._result = result
+                self._state = FINISHED
+                return
+        super().set_result(result)
 
     def cancel(self) -> bool:
         """Cancel, and stop listening: a cancelled future is never resolved by an event."""
