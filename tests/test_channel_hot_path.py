@@ -56,6 +56,24 @@ def test_a_slice_read_hands_over_every_frame_it_holds_once_and_in_order(pipe, pa
     assert frames.read_sliced() is None  # nothing more: a slice passes
 
 
+@pytest.mark.parametrize(
+    "payloads",
+    [[b"one whole frame"], [b"first", b"second", b"third"], [b"", b"after an empty frame"]],
+    ids=["one", "three-in-one-read", "empty-then-one"],
+)
+def test_a_blocking_read_hands_over_every_frame_it_holds_once_and_in_order(pipe, payloads) -> None:
+    reader, writer = pipe
+    os.write(writer.fileno(), b"".join(_wire(p) for p in payloads))
+    frames = FrameReader(reader.fileno())
+    assert [bytes(frames.read()) for _ in payloads] == payloads
+    assert not frames.buffered()
+    os.write(writer.fileno(), _wire(b"later"))
+    assert frames.read() == b"later"
+    writer.close()
+    with pytest.raises(EOFError):
+        frames.read()
+
+
 def test_a_slice_read_that_ends_inside_a_frame_waits_for_the_rest(pipe) -> None:
     reader, writer = pipe
     data = _wire(b"complete") + _wire(b"cut in two")

@@ -116,6 +116,17 @@ class FrameReader:
 
     def read(self) -> Frame:
         """The next frame, waiting as long as it takes; ``EOFError`` at EOF."""
+        if self._partial is None and self._pos == len(self._buf):  # nothing read ahead
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:  # a slice passed: the general path waits on
+                data = b""
+            else:
+                if not data:
+                    raise EOFError("the peer closed the connection")
+            whole = self._whole(data)
+            if whole is not None:
+                return whole
         frame = self._read(sliced=False)
         assert frame is not None
         return frame
@@ -127,13 +138,21 @@ class FrameReader:
                 data = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
                 return None
-            # The common case, one whole small frame and nothing after it: no buffering.
-            if len(data) > 4 and _HEADER.unpack_from(data)[0] == len(data) - 4:
-                return data[4:]
             if not data:
                 raise EOFError("the peer closed the connection")
-            self._buf, self._pos = data, 0
+            whole = self._whole(data)
+            if whole is not None:
+                return whole
         return self._read(sliced=True)
+
+    def _whole(self, data: bytes) -> Optional[bytes]:
+        """The frame ``data`` holds when it is exactly one whole small frame (the common
+        case: returned without buffering); else keep ``data`` buffered and return None."""
+        if len(data) > 4 and _HEADER.unpack_from(data)[0] == len(data) - 4:
+            return data[4:]
+        if data:
+            self._buf, self._pos = data, 0
+        return None
 
     def _read(self, sliced: bool) -> Optional[Frame]:
         if self._partial is None:
