@@ -458,9 +458,17 @@ class WkChannel:
     latest: Dict[str, WkChannel] = {}  # per start method: the child SamePipe shares
 
     def __init__(self, method: str) -> None:
+        WkChannel.latest.pop(method, None)  # a failed start leaves SamePipe nothing stale
         self.pipe, child_end = multiprocessing.get_context(method).Pipe()
-        self.channel = ParentCommChannel.spawn(_tasks.channel_echo, args=(child_end,), start_method=method)
-        child_end.close()
+        try:
+            self.channel = ParentCommChannel.spawn(
+                _tasks.channel_echo, args=(child_end,), start_method=method
+            )
+        except BaseException:
+            self.pipe.close()
+            raise
+        finally:
+            child_end.close()
         WkChannel.latest[method] = self
 
     def block(self, first: int, count: int, out: List[int], seen: List[int]) -> None:

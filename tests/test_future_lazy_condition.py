@@ -50,18 +50,18 @@ def test_done_callbacks_added_before_and_after_run_once_each(echo: ParentCommCha
     assert calls == [("before", 5), ("after", 5)]
 
 
+def _wait_for(future: concurrent.futures.Future[Any], started: threading.Event, got: List[Any]) -> None:
+    started.set()
+    got.append(future.result(WAIT)["n"])
+
+
 @pytest.mark.timeout(60)
-def test_a_thread_blocked_in_result_wakes_when_another_thread_reads_the_reply(echo: ParentCommChannel) -> None:
+def test_a_thread_blocked_in_result_wakes_when_another_reads_the_reply(echo: ParentCommChannel) -> None:
     for n in range(50):  # many rounds: the blocked thread and the reading one race
         future = echo.listen_once("pong")
         got: List[Any] = []
         started = threading.Event()
-
-        def blocked() -> None:
-            started.set()
-            got.append(future.result(WAIT)["n"])
-
-        thread = threading.Thread(target=blocked)
+        thread = threading.Thread(target=_wait_for, args=(future, started, got))
         thread.start()
         started.wait()
         _ask(echo, n)
@@ -102,3 +102,22 @@ def test_exception_cancel_and_repr_before_and_after(echo: ParentCommChannel) -> 
     _ask(echo, 5)
     assert nxt.result(WAIT)["n"] in (4, 5)  # the pong for 4 may still be on its way
     assert cancelled.cancelled()  # a later event never settles a cancelled future
+
+
+@pytest.mark.timeout(60)
+def test_settling_a_settled_future_again_raises_and_the_channel_goes_on(echo: ParentCommChannel) -> None:
+    settled = echo.listen_once("pong")
+    settled.set_result({"type": "pong", "n": -1})  # settled by hand, before its event
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        settled.set_result({"type": "pong", "n": -2})  # no repr() first: no Condition yet
+    assert settled.result(0)["n"] == -1
+    _ask(echo, 1)  # the event it was waiting for arrives: the reader must not wedge
+    nxt = echo.listen_once("pong")
+    _ask(echo, 2)
+    assert nxt.result(WAIT)["n"] in (1, 2)
+    other = echo.listen_once("pong")
+    waiter = threading.Thread(target=lambda: concurrent.futures.wait([other], WAIT))
+    waiter.start()
+    _ask(echo, 3)
+    waiter.join(WAIT)
+    assert not waiter.is_alive() and other.result(0)["n"] in (2, 3)

@@ -66,7 +66,7 @@ Closing rules:
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from multiprocessing.connection import Connection
 from typing import Any, Callable, List, Mapping, Optional, Union, overload
@@ -231,12 +231,12 @@ class _DrivenFuture(Future[CommEvent]):
 
     def set_result(self, result: CommEvent) -> None:
         with self._endpoint.future_lock:
-            if self._lazy_condition is None:  # nobody waits on it: settle in place
-                if self._state != PENDING:
-                    raise InvalidStateError(f"{self._state}: {self!r}")
+            if self._lazy_condition is None and self._state == PENDING:  # nobody waits on it
                 self._result = result
                 self._state = FINISHED
                 return
+        # Not under future_lock: raising InvalidStateError formats repr(self), which takes
+        # the Condition, which would take future_lock again.
         super().set_result(result)
 
     def cancel(self) -> bool:
