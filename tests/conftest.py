@@ -10,9 +10,12 @@ import faulthandler
 import os
 import sys
 import time
-from typing import Iterator, List, Set
+from typing import TYPE_CHECKING, Iterator, List, Set
 
 import pytest
+
+if TYPE_CHECKING:
+    from workerkit import ParentCommChannel
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 
@@ -83,3 +86,17 @@ def _dump_on_hang() -> Iterator[None]:
 @pytest.fixture(params=START_METHODS)
 def start_method(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def echo() -> Iterator[ParentCommChannel]:
+    """A forkserver child running ``typed_echo`` (answers ``msg`` as the type it names),
+    ready: its first ``ready`` event was received."""
+    from workerkit import ParentCommChannel
+
+    channel = ParentCommChannel.spawn("tests.children.behaviours:typed_echo", start_method="forkserver")
+    try:
+        channel.listen_once("ready").result(20.0)
+        yield channel
+    finally:
+        channel.destroy()

@@ -91,16 +91,6 @@ def test_eof_right_away_is_reported_by_a_slice_read(pipe) -> None:
         FrameReader(reader.fileno()).read_sliced()
 
 
-@pytest.fixture
-def echo() -> Iterator[ParentCommChannel]:
-    channel = ParentCommChannel.spawn("tests.children.behaviours:typed_echo", start_method="forkserver")
-    try:
-        channel.listen_once("ready").result(WAIT)
-        yield channel
-    finally:
-        channel.destroy()
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cancelled", [0, 1, 2])
 def test_every_pending_future_of_a_type_gets_the_next_event_whichever_was_cancelled(

@@ -9,23 +9,13 @@ import concurrent.futures
 import os
 import signal
 import threading
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
 from workerkit import ChannelClosedError, ParentCommChannel
 
 WAIT = 20.0
-
-
-@pytest.fixture
-def echo() -> Iterator[ParentCommChannel]:
-    channel = ParentCommChannel.spawn("tests.children.behaviours:typed_echo", start_method="forkserver")
-    try:
-        channel.listen_once("ready").result(WAIT)
-        yield channel
-    finally:
-        channel.destroy()
 
 
 @pytest.mark.timeout(60)

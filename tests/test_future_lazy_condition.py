@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
 from workerkit import ParentCommChannel
 
 WAIT = 20.0
-
-
-@pytest.fixture
-def echo() -> Iterator[ParentCommChannel]:
-    channel = ParentCommChannel.spawn("tests.children.behaviours:typed_echo", start_method="forkserver")
-    try:
-        channel.listen_once("ready").result(WAIT)
-        yield channel
-    finally:
-        channel.destroy()
 
 
 def _ask(channel: ParentCommChannel, n: int) -> None:
