@@ -309,7 +309,9 @@ class ParentCommChannel(ProcessCommChannel):
 
     def _ended_unreaped(self) -> bool:
         """The child ended (its sentinel says so) yet no exit status is to be had: a
-        concurrent ``waitpid`` elsewhere in this process took it (ECHILD for us)."""
+        concurrent ``waitpid`` elsewhere in this process took it (ECHILD for us). A
+        forkserver child's code comes through its sentinel, so one that ended always has a
+        code and never gets here."""
         ended = self._ended
         if ended is None or not ended.poll(0) or self._pid is None:
             return False
@@ -317,8 +319,7 @@ class ParentCommChannel(ProcessCommChannel):
             os.waitpid(self._pid, os.WNOHANG)
         except ChildProcessError:
             return True
-        return False  # still ours to wait for (a forkserver child's code comes through its
-        # sentinel, so one that ended always has a code and never gets here)
+        return False  # still ours to wait for
 
     def _released_if_unreaped(self) -> bool:
         """Release the child if it ended with its exit status taken elsewhere; say so."""
