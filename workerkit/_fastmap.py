@@ -43,15 +43,15 @@ from typing import (
 
 from ._function_child import (
     BATCH,
-    BATCH_RESULT,
-    BATCH_VALUES,
     CALL,
     ERROR,
     INIT_ERROR,
     READY,
     RESULT,
+    batch_results,
     merge_results,
     pickled,
+    remote_error,
     split_unpicklable,
 )
 from ._map_child import BIG_FRAME, MapChild, Request
@@ -336,14 +336,11 @@ def _decode(tag: bytes, frame: bytes, chunksize: int) -> Any:
             return (True, pickle.loads(memoryview(frame)[1:]))
         except Exception as exc:  # the result could not be unpickled here
             return (False, exc)
-    if tag == BATCH_VALUES:
-        return AllOk(pickle.loads(memoryview(frame)[1:]))
-    if tag == BATCH_RESULT:
-        results = pickle.loads(memoryview(frame)[1:])
-        return [(ok, value if ok else RemoteError(*value)) for ok, value in results]
     if tag == ERROR:
-        message, kind, trace = pickle.loads(memoryview(frame)[1:])
-        return _failed_frame(RemoteError(message, kind, trace), chunksize)
+        return _failed_frame(remote_error(frame), chunksize)
+    results = batch_results(frame)
+    if results is not None:
+        return results
     return _failed_frame(WorkerKitError(f"unexpected frame from a map worker: {frame[:20]!r}"), chunksize)
 
 

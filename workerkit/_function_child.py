@@ -22,7 +22,10 @@ from __future__ import annotations
 import io
 import pickle
 import traceback
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from ._run import AllOk
+from .errors import RemoteError
 
 CALL = b"C"
 RESULT = b"R"
@@ -37,7 +40,8 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 __all__ = [
     "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "BATCH_VALUES", "PROTOCOL",
-    "describe_error", "function_main", "merge_results", "pickled", "split_unpicklable",
+    "batch_results", "describe_error", "function_main", "merge_results", "pickled", "remote_error",
+    "split_unpicklable",
 ]
 
 
@@ -94,8 +98,29 @@ def merge_results(
     return [(False, errors[i]) if i in errors else next(rest) for i in range(count)]
 
 
-def _error_frame(tag: bytes, exc: BaseException) -> bytes:
-    return tag + pickle.dumps(describe_error(exc), PROTOCOL)
+def _error_body(exc: BaseException) -> bytes:
+    """The body of an ``E`` or ``!`` frame: the error, described (picklable anywhere)."""
+    return pickle.dumps(describe_error(exc), PROTOCOL)
+
+
+def remote_error(frame: Any, prefix: str = "") -> RemoteError:
+    """Parent side: the ``RemoteError`` an ``E`` or ``!`` frame describes."""
+    message, remote_type, remote_tb = pickle.loads(memoryview(frame)[1:])
+    return RemoteError(prefix + message, remote_type, remote_tb)
+
+
+def batch_results(frame: Any) -> Optional[List[Any]]:
+    """Parent side: a chunk's results from a ``V`` frame (an ``AllOk`` list of values) or
+    an ``S`` frame (``[(ok, value or RemoteError)]``); None for any other frame."""
+    tag = frame[:1]
+    if tag == BATCH_VALUES:
+        return AllOk(pickle.loads(memoryview(frame)[1:]))
+    if tag == BATCH_RESULT:
+        return [
+            (True, value) if ok else (False, RemoteError(*value))
+            for ok, value in pickle.loads(memoryview(frame)[1:])
+        ]
+    return None
 
 
 def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence[Any]) -> None:
@@ -108,7 +133,7 @@ def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence
             try:
                 initializer(*initargs)
             except Exception as exc:
-                conn.send_bytes(_error_frame(INIT_ERROR, exc))
+                conn.send_bytes(INIT_ERROR + _error_body(exc))
                 return
         conn.send_bytes(READY)
         _serve(conn, fn)
@@ -131,7 +156,7 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
             else:
                 reply = RESULT, pickled(fn(loads(memoryview(frame)[1:])))
         except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
-            reply = ERROR, pickle.dumps(describe_error(exc), PROTOCOL)
+            reply = ERROR, _error_body(exc)
         write_tagged(fd, *reply)
 
 

@@ -17,23 +17,23 @@ from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeV
 
 from ._function_child import (
     BATCH,
-    BATCH_RESULT,
-    BATCH_VALUES,
     CALL,
     ERROR,
     INIT_ERROR,
     PROTOCOL,
     READY,
     RESULT,
+    batch_results,
     function_main,
     merge_results,
     pickled,
+    remote_error,
     split_unpicklable,
 )
-from ._run import AllOk, as_pairs
+from ._run import as_pairs
 from .comm import ParentCommChannel
 from .comm._wire import Frame, FrameReader, write_tagged
-from .errors import ChannelClosedError, RemoteError, WorkerKitError, WorkTimeoutError
+from .errors import ChannelClosedError, WorkerKitError, WorkTimeoutError
 from .worker import Worker, next_worker_id
 
 X = TypeVar("X")
@@ -224,7 +224,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
             except (EOFError, OSError):
                 raise child_ended(self.channel, "the function worker", "while starting") from None
             if frame[:1] == INIT_ERROR:
-                raise _remote_error(frame, "the initializer failed in the child: ")
+                raise remote_error(frame, "the initializer failed in the child: ")
             if frame != READY:
                 raise WorkerKitError(f"unexpected first frame from the function worker: {frame[:20]!r}")
         except BaseException:
@@ -232,18 +232,12 @@ class _FunctionWorker(ChannelWorker[X, R]):
             raise
 
     def execute(self, item: X) -> R:
-        body = pickled(item)  # an unpicklable item fails here, stream intact
-        if self._conn.closed:
-            raise self._closed()
-        try:
-            write_tagged(self._fd, CALL, body)
-        except OSError:
-            raise self._closed() from None
+        self._send(CALL, pickled(item))  # an unpicklable item fails here, stream intact
         frame = self._recv()
         if frame[:1] == RESULT:
             return pickle.loads(memoryview(frame)[1:])  # type: ignore[no-any-return]
         if frame[:1] == ERROR:
-            raise _remote_error(frame)
+            raise remote_error(frame)
         raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
 
     def execute_chunk(self, items: Sequence[X]) -> List[Any]:
@@ -256,23 +250,12 @@ class _FunctionWorker(ChannelWorker[X, R]):
             good, errors = split_unpicklable(items, exc)
             done = as_pairs(self.execute_chunk(good)) if good else []
             return merge_results(done, errors, len(items))
-        if self._conn.closed:
-            raise self._closed()
-        try:
-            write_tagged(self._fd, BATCH, body)
-        except OSError:
-            raise self._closed() from None
+        self._send(BATCH, body)
         frame = self._recv()
         if frame[:1] == ERROR:
-            raise _remote_error(frame)
-        if frame[:1] == BATCH_VALUES:
-            results: List[Any] = AllOk(pickle.loads(memoryview(frame)[1:]))
-        elif frame[:1] == BATCH_RESULT:
-            results = [
-                (True, value) if ok else (False, RemoteError(*value))
-                for ok, value in pickle.loads(memoryview(frame)[1:])
-            ]
-        else:
+            raise remote_error(frame)
+        results = batch_results(frame)
+        if results is None:
             raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
         if len(results) != len(items):
             raise WorkerKitError(
@@ -283,6 +266,14 @@ class _FunctionWorker(ChannelWorker[X, R]):
     def destroy(self) -> None:
         self.channel.destroy()
 
+    def _send(self, tag: bytes, body: Union[bytes, memoryview]) -> None:
+        if self._conn.closed:
+            raise self._closed()
+        try:
+            write_tagged(self._fd, tag, body)
+        except OSError:
+            raise self._closed() from None
+
     def _recv(self) -> Frame:
         try:
             return self._frames.read()
@@ -291,11 +282,6 @@ class _FunctionWorker(ChannelWorker[X, R]):
 
     def _closed(self) -> ChannelClosedError:
         return child_ended(self.channel, "the function worker")
-
-
-def _remote_error(frame: Frame, prefix: str = "") -> RemoteError:
-    message, remote_type, remote_tb = pickle.loads(memoryview(frame)[1:])
-    return RemoteError(prefix + message, remote_type, remote_tb)
 
 
 def function_worker(
