@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable, List, Optional
 
 __all__ = ["Job", "Slot", "IDLE", "BUSY", "RETIRED", "STOP", "rss_bytes"]
@@ -41,7 +42,7 @@ class Slot:
 
     __slots__ = (
         "number", "thread", "worker", "worker_id", "execute", "release", "wake", "job",
-        "running", "state", "tasks", "deadline",
+        "running", "state", "tasks", "deadline", "split", "fd", "parked", "idle_since",
     )
 
     def __init__(self, number: int):
@@ -60,6 +61,12 @@ class Slot:
         self.state = BUSY
         self.tasks = 0  # items served by the current worker
         self.deadline: Optional[float] = None
+        self.split = False  # the worker is Multiplexable: its items may be parked
+        self.fd: Optional[int] = None  # the worker's descriptor, once the multiplexer watches it
+        # The running job's request is written and the multiplexer waits for its reply;
+        # only the multiplexer's thread ends it (set under the pool lock).
+        self.parked = False
+        self.idle_since = time.monotonic()  # when the slot last became idle
 
     def assign(self, job: Any) -> None:
         """Hand a job (or STOP) to the slot's thread and wake it."""

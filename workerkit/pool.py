@@ -32,6 +32,7 @@ Who does what:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import queue
@@ -55,6 +56,8 @@ from typing import (
 )
 
 from ._feed import Feed
+from ._mux import AVAILABLE as _MUX_AVAILABLE
+from ._mux import Multiplexable, Mux
 from ._options import check_chunksize, check_positive, check_process_options, resolve_max_workers
 from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, in_order, map_results
@@ -138,6 +141,7 @@ class WorkPool(Generic[X, R]):
         self._runs: Set[Run[Any, Any]] = set()
         self._errors: List[Outcome[X, R]] = []
         self._timer: Optional[threading.Thread] = None
+        self._mux: Optional[Mux] = None  # started with the first parked item
         # Every thread the pool started and still running, and whether shutdown(wait=True)
         # must join it (not a slot thread abandoned in an execute that may never return).
         self._threads: Dict[threading.Thread, bool] = {}
@@ -247,6 +251,9 @@ class WorkPool(Generic[X, R]):
             busy = [s for s in self._slots if s.state == BUSY]
             self._wake_dispatchers_locked(everyone=True)
             self._deadline_set.notify_all()
+            mux = self._mux
+        if mux is not None:
+            mux.wake()  # it ends once no item is parked on it
         for slot in idle:
             slot.assign(STOP)
         if not wait:
@@ -265,8 +272,14 @@ class WorkPool(Generic[X, R]):
                 for thread in [t for t in self._threads if not t.is_alive()]:
                     del self._threads[thread]  # the timer ends without unregistering itself
                 pending = [t for t, join in self._threads.items() if join and t is not me]
+                mux = self._mux
             if not pending:
                 return
+            if mux is not None and mux.thread is me:
+                # Called from a callback on the multiplexer: the items parked on it can
+                # only finish if it goes on serving them.
+                mux.run_once(_WAIT_SLICE)
+                continue
             # In slices: a slot abandoned meanwhile (task_timeout) must stop being waited for.
             pending[0].join(_WAIT_SLICE)
 
@@ -557,6 +570,7 @@ class WorkPool(Generic[X, R]):
                 self._slots.discard(slot)
             else:
                 slot.state = IDLE
+                slot.idle_since = time.monotonic()
                 self._idle.append(slot)
                 self._wake_dispatchers_locked()
         if slot.state == RETIRED:
@@ -578,19 +592,29 @@ class WorkPool(Generic[X, R]):
         finally:
             self._discard_worker(slot)
 
-    def _next_job(self, slot: Slot) -> Optional[Job]:
-        """Wait for the dispatcher's next job; retire the slot after ``idle_timeout``."""
-        timeout = -1.0 if self._idle_timeout is None else self._idle_timeout
+    def _next_job(self, slot: Slot) -> Any:
+        """Wait for the slot's next job (from the dispatcher, or handed back by the
+        multiplexer); retire the slot once it has been idle for ``idle_timeout``."""
+        idle_timeout = self._idle_timeout
+        timeout = -1.0 if idle_timeout is None else idle_timeout
         while True:
             if slot.wake.acquire(timeout=timeout):
                 job, slot.job = slot.job, None
                 return None if job is STOP else job
             with self._lock:
-                if slot.state != IDLE:
-                    timeout = -1.0  # the dispatcher just took this slot: the job is on its way
+                if slot.state == RETIRED:
+                    return None  # ended while its item was parked: nothing will come
+                if slot.state != IDLE or idle_timeout is None:
+                    # Busy: a job on its way, or an item parked on the multiplexer (the slot
+                    # may turn idle without waking this thread, so look again later).
+                    timeout = _WAIT_SLICE if slot.state != IDLE else -1.0
+                    continue
+                remaining = slot.idle_since + idle_timeout - time.monotonic()
+                if remaining > 0:
+                    timeout = remaining
                     continue
                 if slot.worker is not None and self._alive <= self._min_workers:
-                    timeout = max(timeout, _WAIT_SLICE)  # never spin, even with idle_timeout=0
+                    timeout = max(idle_timeout, _WAIT_SLICE)  # never spin, even with idle_timeout=0
                     continue  # keep min_workers warm: no churn
                 slot.state = RETIRED
                 self._idle.remove(slot)
@@ -613,6 +637,14 @@ class WorkPool(Generic[X, R]):
             return _EXIT
         if failed_start is not None:  # the item that waited for the worker fails with its error
             return self._finish(slot, job, None, failed_start, 0.0, created=False)
+        if slot.split:
+            started = self._start_parked(slot, job)
+            if started is True:
+                return None  # the multiplexer finishes it; wait for what comes next
+            if started is _EXIT:
+                return _EXIT
+            if started is not False:  # the request could not be written: the child is gone
+                return self._finish(slot, job, None, started, 0.0, created=True)
         execute = slot.execute
         assert execute is not None
         if self._task_timeout is not None:
@@ -669,8 +701,12 @@ class WorkPool(Generic[X, R]):
             if release is not None:
                 self._release(slot, release)
             slot.tasks += 1 if job.items is None else len(job.items)
-            if self._must_recycle(slot):
-                self._discard_worker(slot)
+            # A parked item that got its reply: its child was alive a moment ago, so skip
+            # the liveness poll (a system call); a failed one may mean the child died.
+            if self._must_recycle(slot, alive=slot.parked and error is None):
+                # On the multiplexer, destroying (waiting for a child to exit) would hold up
+                # every other worker: a thread of its own does it.
+                self._discard_worker(slot, background=slot.parked)
         run = job.run
         ok = error is None and created
         if job.items is None:
@@ -682,6 +718,7 @@ class WorkPool(Generic[X, R]):
             if job.settled:  # the timer or shutdown(wait=False) already failed this item
                 return _EXIT
             job.settled = True
+            slot.parked = False
             slot.deadline = None
             slot.running = None
             self._completed += good
@@ -693,6 +730,7 @@ class WorkPool(Generic[X, R]):
             elif keep:
                 self._busy -= 1
                 slot.state = IDLE
+                slot.idle_since = time.monotonic()
                 self._idle.append(slot)
                 if self._waiters:
                     self._waiters.pop(0).release()
@@ -770,6 +808,7 @@ class WorkPool(Generic[X, R]):
                 else None
             )
             slot.tasks = 0
+            slot.split = _MUX_AVAILABLE and isinstance(worker, Multiplexable) and worker.multiplexable()
             self._alive += 1
             self._creation_failures = 0
 
@@ -780,11 +819,11 @@ class WorkPool(Generic[X, R]):
             logger.exception("workerkit: release() of worker %r raised; destroying it", slot.worker_id)
             self._discard_worker(slot)
 
-    def _must_recycle(self, slot: Slot) -> bool:
+    def _must_recycle(self, slot: Slot, alive: bool = False) -> bool:
         worker = slot.worker
         if worker is None:
             return False
-        if not getattr(worker, "active", True):
+        if not alive and not getattr(worker, "active", True):
             return True
         if self._max_tasks is not None and slot.tasks >= self._max_tasks:
             return True
@@ -797,6 +836,120 @@ class WorkPool(Generic[X, R]):
                 return True
         return False
 
+    # ------------------------------------------------------------------ parked items
+
+    def _start_parked(self, slot: Slot, job: Job) -> Any:
+        """Write ``job``'s request to the slot's (Multiplexable) worker and leave its reply
+        to the multiplexer. Returns True (parked); False (run it the ordinary way, on the
+        slot's thread); ``_EXIT`` (the job was ended meanwhile: the slot's thread must exit);
+        or the error that kept the request from being written (the item fails with it)."""
+        worker = slot.worker
+        mux = self._mux_for_parking()
+        if mux is None or worker is None:
+            return False
+        if slot.fd is None:
+            slot.fd = fd = worker.fileno()
+            mux.watch(fd, slot)
+            worker.before_close = functools.partial(mux.forget, fd, slot)
+        with self._lock:
+            if job.settled:
+                return _EXIT
+            slot.running = job
+            slot.parked = True
+            if self._task_timeout is not None:
+                self._set_deadline_locked(slot, job)
+        job.started = time.perf_counter()
+        try:
+            sent: Any = worker.begin(job.item, job.items)
+        except BaseException as exc:
+            sent = exc
+            if isinstance(exc, ChannelClosedError):
+                traceback.clear_frames(exc.__traceback__)  # as in _run_job
+        if sent is True:
+            mux.parked(slot.fd)
+            return True
+        with self._lock:
+            slot.parked = False
+            slot.deadline = None
+        return sent
+
+    def _reply_ready(self, slot: Slot) -> None:
+        """On the multiplexer: a parked item's reply is readable. Record it, then start
+        the slot's next item (or hand the slot back)."""
+        job, worker = slot.running, slot.worker
+        if job is None or worker is None:
+            return
+        try:
+            value, error = worker.finish(job.items), None
+        except BaseException as exc:  # the item's error, or its child died
+            value, error = None, exc
+            if isinstance(exc, ChannelClosedError):
+                traceback.clear_frames(exc.__traceback__)
+        del worker
+        duration = time.perf_counter() - job.started
+        self._carry_on(slot, self._finish(slot, job, value, error, duration, created=True))
+
+    def _carry_on(self, slot: Slot, nxt: Any) -> None:
+        """On the multiplexer, after a slot's item finished: park the next item the slot
+        pulled, or hand it (or an exit) to the slot's own thread."""
+        while isinstance(nxt, Job):
+            started = self._start_parked(slot, nxt)
+            if started is True:
+                return
+            if started is False:  # a new worker is needed, or the chunk needs splitting
+                slot.assign(nxt)
+                return
+            if started is _EXIT:
+                break
+            nxt = self._finish(slot, nxt, None, started, 0.0, created=True)
+        if nxt is _EXIT:
+            slot.assign(_EXIT)
+
+    def _interrupt_parked(self, workers: List[Any]) -> None:
+        """On the multiplexer (Ctrl-C): fail every parked item; its worker goes to ``workers``
+        for the caller to destroy."""
+        with self._lock:
+            parked = [s for s in self._slots if s.parked]
+        for slot in parked:
+            job = slot.running
+            worker = self._take_worker(slot)
+            if job is None or worker is None:
+                continue
+            worker.unwatch()
+            workers.append(worker)
+            error = ChannelClosedError(
+                "the pool's workers were destroyed (KeyboardInterrupt) while this item ran"
+            )
+            ran = time.perf_counter() - job.started
+            self._carry_on(slot, self._finish(slot, job, None, error, ran, created=True))
+
+    def _mux_for_parking(self) -> Optional[Mux]:
+        """The pool's multiplexer, started on first use; None once the pool is shut down."""
+        mux = self._mux
+        if mux is not None:
+            return mux
+        with self._lock:
+            if self._mux is not None or self._closed:
+                return self._mux
+            mux = self._mux = Mux(self._reply_ready)
+            mux.thread = self._new_thread_locked(self._mux_main, mux, name=f"workerkit-mux-{self.name}")
+        mux.thread.start()
+        return mux
+
+    def _mux_main(self, mux: Mux) -> None:
+        mux.run(lambda: self._mux_done(mux))
+
+    def _mux_done(self, mux: Mux) -> bool:
+        """Whether the multiplexer may end: the pool is shut down and nothing is parked."""
+        if not self._closed:
+            return False
+        with self._lock:
+            if any(s.parked for s in self._slots):
+                return False
+            if self._mux is mux:
+                self._mux = None
+            return True
+
     # ------------------------------------------------------------------ destroying workers
 
     def _take_worker(self, slot: Slot) -> Any:
@@ -804,13 +957,18 @@ class WorkPool(Generic[X, R]):
         with self._lock:
             worker, slot.worker = slot.worker, None
             slot.execute = slot.release = None
+            slot.split, slot.fd = False, None  # the worker unwatches itself before closing
             if worker is not None:
                 self._alive -= 1
         return worker
 
-    def _discard_worker(self, slot: Slot) -> None:
+    def _discard_worker(self, slot: Slot, background: bool = False) -> None:
         worker = self._take_worker(slot)
-        if worker is not None:
+        if worker is None:
+            return
+        if background:
+            self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
+        else:
             self._destroy_worker(worker)
 
     def _destroy_worker(self, worker: Any) -> None:
@@ -826,50 +984,70 @@ class WorkPool(Generic[X, R]):
 
     def _destroy_all_workers(self) -> None:
         """Destroy every worker at once (Ctrl-C): children end, their items fail."""
+        workers: List[Any] = []
         with self._lock:
             slots = list(self._slots)
-        workers = [w for w in (self._take_worker(s) for s in slots) if w is not None]
+            mux = self._mux if any(s.parked for s in slots) else None
+        if mux is not None:  # parked items end on the multiplexer, which hands their workers over
+            mux.call(self._interrupt_parked, workers)
+        workers.extend(w for w in (self._take_worker(s) for s in slots) if w is not None)
         threads = [self._start_thread(self._destroy_worker, w, name="workerkit-destroy") for w in workers]
         for thread in threads:
             thread.join()
 
-    def _abandon(self, slot: Slot, job: Optional[Job], error: BaseException) -> None:
+    def _abandon(
+        self, slot: Slot, job: Optional[Job], error: BaseException, on_mux: bool = False
+    ) -> None:
         """Fail ``job`` (still the slot's running item) with ``error`` and destroy its
-        worker; the slot's thread (stuck in execute) exits on its own when execute returns."""
+        worker; the slot's thread (stuck in execute) exits on its own when execute returns.
+        A parked item is ended by the multiplexer (the only reader of its pipe)."""
         with self._lock:
             if job is None or job.settled or slot.running is not job:
                 return  # finished meanwhile: never fail the slot's next item instead
-            job.settled = True
-            slot.deadline = None
-            self._busy -= 1
-            self._failed += 1 if job.items is None else len(job.items)
-            slot.state = RETIRED
-            self._slots.discard(slot)
-            self._wake_dispatchers_locked()
-            worker_id = slot.worker_id
-            if slot.thread is not None and slot.thread in self._threads:
-                self._threads[slot.thread] = False  # stuck in execute: never wait for it
+            mux = self._mux if slot.parked and not on_mux else None
+            if mux is None:
+                parked, slot.parked = slot.parked, False
+                job.settled = True
+                slot.deadline = None
+                self._busy -= 1
+                self._failed += 1 if job.items is None else len(job.items)
+                slot.state = RETIRED
+                self._slots.discard(slot)
+                self._wake_dispatchers_locked()
+                worker_id = slot.worker_id
+                if not parked and slot.thread is not None and slot.thread in self._threads:
+                    self._threads[slot.thread] = False  # stuck in execute: never wait for it
+        if mux is not None:
+            mux.call(self._abandon, slot, job, error, True)
+            return
         worker = self._take_worker(slot)
         if worker is not None:
+            if isinstance(worker, Multiplexable):
+                worker.unwatch()  # before another thread closes its descriptor
             self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
+        if parked:
+            slot.assign(_EXIT)  # its thread waits for the multiplexer, which is done with it
         ran = time.perf_counter() - job.started if job.started else 0.0
         job.run.record(job, None, error, worker_id, ran)
 
     # ------------------------------------------------------------------ task timeouts
 
     def _set_deadline(self, slot: Slot, job: Job) -> None:
-        assert self._task_timeout is not None
         with self._lock:
             slot.running = job
-            # A chunk's items run one after the other: each gets the whole timeout.
-            budget = self._task_timeout * (1 if job.items is None else len(job.items))
-            slot.deadline = time.monotonic() + budget
-            if self._timer is None:
-                self._timer = threading.Thread(target=self._timer_main, name="workerkit-timeout", daemon=True)
-                self._threads[self._timer] = True
-                self._timer.start()
-            elif self._timer_waiting:
-                self._deadline_set.notify()
+            self._set_deadline_locked(slot, job)
+
+    def _set_deadline_locked(self, slot: Slot, job: Job) -> None:
+        assert self._task_timeout is not None
+        # A chunk's items run one after the other: each gets the whole timeout.
+        budget = self._task_timeout * (1 if job.items is None else len(job.items))
+        slot.deadline = time.monotonic() + budget
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._timer_main, name="workerkit-timeout", daemon=True)
+            self._threads[self._timer] = True
+            self._timer.start()
+        elif self._timer_waiting:
+            self._deadline_set.notify()
 
     def _timer_main(self) -> None:
         """Fail items that overran ``task_timeout`` and destroy their workers."""

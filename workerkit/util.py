@@ -30,6 +30,7 @@ from ._function_child import (
     remote_error,
     split_unpicklable,
 )
+from ._mux import Multiplexable
 from ._run import as_pairs
 from .comm import ParentCommChannel
 from .comm._wire import Frame, FrameReader, write_tagged
@@ -201,7 +202,7 @@ def check_function_target(fn: Callable[..., Any], start_method: Optional[str]) -
         ) from exc
 
 
-class _FunctionWorker(ChannelWorker[X, R]):
+class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
     """A child process that runs ``fn(item)``; one frame out, one frame back per item."""
 
     def __init__(self, channel: ParentCommChannel, init_timeout: Optional[float]):
@@ -233,12 +234,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
 
     def execute(self, item: X) -> R:
         self._send(CALL, pickled(item))  # an unpicklable item fails here, stream intact
-        frame = self._recv()
-        if frame[:1] == RESULT:
-            return pickle.loads(memoryview(frame)[1:])  # type: ignore[no-any-return]
-        if frame[:1] == ERROR:
-            raise remote_error(frame)
-        raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
+        return self._reply()  # type: ignore[no-any-return]
 
     def execute_chunk(self, items: Sequence[X]) -> List[Any]:
         """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``,
@@ -251,19 +247,54 @@ class _FunctionWorker(ChannelWorker[X, R]):
             done = as_pairs(self.execute_chunk(good)) if good else []
             return merge_results(done, errors, len(items))
         self._send(BATCH, body)
+        return self._chunk_reply(len(items))
+
+    # The split execute the pool's multiplexer drives (see ``workerkit._mux``).
+
+    def multiplexable(self) -> bool:
+        cls = type(self)
+        return (
+            cls.execute is _FunctionWorker.execute and cls.execute_chunk is _FunctionWorker.execute_chunk
+            and "execute" not in self.__dict__ and "execute_chunk" not in self.__dict__
+        )
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def begin(self, item: Any, items: Optional[Sequence[Any]]) -> bool:
+        try:
+            body = pickled(item) if items is None else pickled(list(items))
+        except Exception:
+            return False
+        self._send(CALL if items is None else BATCH, body)
+        return True
+
+    def finish(self, items: Optional[Sequence[Any]]) -> Any:
+        return self._reply() if items is None else self._chunk_reply(len(items))
+
+    def _reply(self) -> Any:
+        frame = self._recv()
+        if frame[:1] == RESULT:
+            return pickle.loads(memoryview(frame)[1:])
+        if frame[:1] == ERROR:
+            raise remote_error(frame)
+        raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
+
+    def _chunk_reply(self, count: int) -> List[Any]:
         frame = self._recv()
         if frame[:1] == ERROR:
             raise remote_error(frame)
         results = batch_results(frame)
         if results is None:
             raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
-        if len(results) != len(items):
+        if len(results) != count:
             raise WorkerKitError(
-                f"the function worker answered {len(results)} results for {len(items)} items"
+                f"the function worker answered {len(results)} results for {count} items"
             )
         return results
 
     def destroy(self) -> None:
+        self.unwatch()
         self.channel.destroy()
 
     def _send(self, tag: bytes, body: Union[bytes, memoryview]) -> None:
@@ -281,6 +312,7 @@ class _FunctionWorker(ChannelWorker[X, R]):
             raise self._closed() from None
 
     def _closed(self) -> ChannelClosedError:
+        self.unwatch()
         return child_ended(self.channel, "the function worker")
 
 

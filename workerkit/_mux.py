@@ -1,0 +1,212 @@
+"""The multiplexer: one pool thread that waits on every function worker's pipe at once.
+
+A function worker's item is one frame out and one frame back on one file descriptor. With
+a thread per worker, each reply wakes that worker's thread, and the threads then trade the
+GIL for every item; on a small machine those hand-offs cost more than the item. So a
+worker that can split its execute in two (:class:`Multiplexable`: ``begin`` sends,
+``finish`` reads the reply) is *parked* on the multiplexer once its request is written:
+the multiplexer's thread reads the reply, records the outcome, pulls the next item and
+sends it, for every parked worker, without any other thread waking up.
+
+Only the multiplexer reads a parked worker's pipe, and only it may end a parked item early
+(a timeout, ``shutdown(wait=False)``, Ctrl-C): other threads ask it with :meth:`Mux.call`,
+so a descriptor is never closed under a read. Linux only (``epoll``); elsewhere the pool
+keeps a thread per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+
+__all__ = ["Multiplexable", "Mux", "AVAILABLE"]
+
+logger = logging.getLogger("workerkit")
+
+AVAILABLE = hasattr(select, "epoll")
+_IN = getattr(select, "EPOLLIN", 0)
+_ONESHOT = getattr(select, "EPOLLONESHOT", 0)
+_CALL_TIMEOUT = 5.0  # a caller never waits longer for the multiplexer (busy in a callback)
+
+
+class Multiplexable:
+    """A worker whose execute is one request frame out and one reply frame back on one
+    descriptor, so the multiplexer can drive it."""
+
+    # Called before the worker closes its descriptor (it died, or is being destroyed), so
+    # the multiplexer stops watching it first.
+    before_close: Optional[Callable[[], None]] = None
+
+    def unwatch(self) -> None:
+        """Tell the multiplexer to stop watching (call before closing the descriptor)."""
+        before_close = self.before_close
+        if before_close is not None:
+            self.before_close = None
+            before_close()
+
+    def multiplexable(self) -> bool:
+        """Whether this worker's execute may be split (not overridden or patched)."""
+        raise NotImplementedError
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def begin(self, item: Any, items: Optional[Sequence[Any]]) -> bool:
+        """Send the request for one item (``items`` None) or a chunk. False when it cannot
+        be pickled (nothing was written: run it the ordinary way to get each item's error);
+        raises ``ChannelClosedError`` when the child is gone."""
+        raise NotImplementedError
+
+    def finish(self, items: Optional[Sequence[Any]]) -> Any:
+        """Read the reply to :meth:`begin`: the value (raises the item's error), or a
+        chunk's results as ``execute_chunk`` returns them."""
+        raise NotImplementedError
+
+
+class Mux:
+    """The multiplexer's state: an epoll set of parked descriptors and a request queue.
+
+    ``on_reply(slot)`` runs on the multiplexer's thread when a parked slot's reply is
+    readable. A descriptor is watched from its first park until its worker is detached,
+    and stays armed between items (no system call per item). An event on a descriptor
+    whose slot is not parked (its child died while idle) disarms it, so it is reported
+    once, not in a loop; parking an item re-arms it.
+    """
+
+    def __init__(self, on_reply: Callable[[Any], None]) -> None:
+        self._on_reply = on_reply
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._epoll.register(self._wake_r, _IN)
+        self._watched: Dict[int, Any] = {}  # fd -> the slot whose worker owns it
+        self._disarmed: Set[int] = set()
+        # Orders "disarm an fd whose slot is not parked" against "re-arm the fd of a slot
+        # just parked": one of the two always sees the other's change.
+        self._arming = threading.Lock()
+        self._requests: Deque[Tuple[Callable[..., Any], Tuple[Any, ...], Optional[threading.Event]]] = deque()
+        self.thread: Optional[threading.Thread] = None
+        self._closed = False
+        self._close_lock = threading.Lock()  # no wake-up written to a closed (reused) fd
+
+    # ---------------------------------------------------------------- any thread
+
+    def watch(self, fd: int, slot: Any) -> None:
+        """Start watching ``fd`` for ``slot``."""
+        self._watched[fd] = slot
+        self._epoll.register(fd, _IN)
+
+    def parked(self, fd: int) -> None:
+        """A request was just written to ``fd`` (its slot parked): make sure its reply is
+        reported. Costs nothing unless a stray event disarmed it."""
+        if fd in self._disarmed:
+            with self._arming:
+                if fd in self._disarmed:
+                    self._disarmed.discard(fd)
+                    self._epoll.modify(fd, _IN)
+
+    def forget(self, fd: int, slot: Any) -> None:
+        """Stop watching ``fd`` for ``slot`` (before it closes). Idempotent."""
+        if self._watched.get(fd) is not slot:
+            return  # already forgotten, or the number now belongs to another worker
+        del self._watched[fd]
+        self._disarmed.discard(fd)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):  # closed already (epoll dropped it), or mux closed
+            pass
+
+    def call(self, fn: Callable[..., Any], *args: Any, wait: bool = True) -> None:
+        """Run ``fn(*args)`` on the multiplexer's thread (at once when called there);
+        with ``wait``, return once it ran (or after a few seconds if the thread is busy)."""
+        done = threading.Event() if wait else None
+        with self._close_lock:
+            inline = self._closed or threading.current_thread() is self.thread
+            if not inline:
+                self._requests.append((fn, args, done))
+                self._wake_locked()
+        if inline:  # on its own thread, or it has ended (then nothing is parked)
+            fn(*args)
+            return
+        if done is not None and not done.wait(_CALL_TIMEOUT):
+            logger.warning("workerkit: the multiplexer thread is busy (a callback?); went on without it")
+
+    def wake(self) -> None:
+        with self._close_lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._closed:
+            return
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # full: a wake-up is pending anyway
+
+    # ---------------------------------------------------------------- its own thread
+
+    def run(self, done: Callable[[], bool]) -> None:
+        """The thread's body: serve replies and requests until ``done()`` says so."""
+        try:
+            while True:
+                self.run_once(None)
+                if done():
+                    return
+        finally:
+            self.close()
+
+    def run_once(self, timeout: Optional[float]) -> None:
+        """Wait (at most ``timeout`` seconds) and serve what is ready."""
+        events: List[Tuple[int, int]] = self._epoll.poll(-1 if timeout is None else timeout)
+        watched, on_reply = self._watched, self._on_reply
+        for fd, _ in events:
+            if fd == self._wake_r:
+                self._serve_requests()
+                continue
+            slot = watched.get(fd)
+            if slot is not None and slot.parked:
+                on_reply(slot)
+            elif slot is not None:
+                self._disarm(fd, slot)
+
+    def _disarm(self, fd: int, slot: Any) -> None:
+        """Stop reporting ``fd`` until its slot parks again (a child that died idle)."""
+        with self._arming:
+            if slot.parked or self._watched.get(fd) is not slot:
+                return  # parked meanwhile: its reply (or EOF) is read next time round
+            self._disarmed.add(fd)
+            try:
+                self._epoll.modify(fd, _ONESHOT)  # one-shot with no events: fully disabled
+            except OSError:
+                pass
+
+    def _serve_requests(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._requests:
+            fn, args, done = self._requests.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("workerkit: multiplexer request %r failed", fn)
+            finally:
+                if done is not None:
+                    done.set()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._serve_requests()  # nobody waits for a request that came too late
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
