@@ -29,7 +29,6 @@ logger = logging.getLogger("workerkit")
 
 AVAILABLE = hasattr(select, "epoll")
 _IN = getattr(select, "EPOLLIN", 0)
-_ONESHOT = getattr(select, "EPOLLONESHOT", 0)
 _CALL_TIMEOUT = 5.0  # a caller never waits longer for the multiplexer (busy in a callback)
 
 
@@ -72,9 +71,9 @@ class Mux:
 
     ``on_reply(slot)`` runs on the multiplexer's thread when a parked slot's reply is
     readable. A descriptor is watched from its first park until its worker is detached,
-    and stays armed between items (no system call per item). An event on a descriptor
-    whose slot is not parked (its child died while idle) disarms it, so it is reported
-    once, not in a loop; parking an item re-arms it.
+    and stays registered between items (no system call per item). An event on a
+    descriptor whose slot is not parked (its child died while idle) takes it out of the
+    epoll set, so it is reported once, not in a loop; parking an item puts it back.
     """
 
     def __init__(self, on_reply: Callable[[Any], None]) -> None:
@@ -98,8 +97,10 @@ class Mux:
 
     def watch(self, fd: int, slot: Any) -> None:
         """Start watching ``fd`` for ``slot``."""
-        self._watched[fd] = slot
-        self._epoll.register(fd, _IN)
+        with self._arming:
+            self._watched[fd] = slot
+            self._disarmed.discard(fd)
+            self._epoll.register(fd, _IN)
 
     def parked(self, fd: int) -> None:
         """A request was just written to ``fd`` (its slot parked): make sure its reply is
@@ -108,18 +109,21 @@ class Mux:
             with self._arming:
                 if fd in self._disarmed:
                     self._disarmed.discard(fd)
-                    self._epoll.modify(fd, _IN)
+                    self._epoll.register(fd, _IN)
 
     def forget(self, fd: int, slot: Any) -> None:
         """Stop watching ``fd`` for ``slot`` (before it closes). Idempotent."""
-        if self._watched.get(fd) is not slot:
-            return  # already forgotten, or the number now belongs to another worker
-        del self._watched[fd]
-        self._disarmed.discard(fd)
-        try:
-            self._epoll.unregister(fd)
-        except (OSError, ValueError):  # closed already (epoll dropped it), or mux closed
-            pass
+        with self._arming:
+            if self._watched.get(fd) is not slot:
+                return  # already forgotten, or the number now belongs to another worker
+            del self._watched[fd]
+            if fd in self._disarmed:
+                self._disarmed.discard(fd)
+                return  # not registered
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):  # closed already (epoll dropped it), or mux closed
+                pass
 
     def call(self, fn: Callable[..., Any], *args: Any, wait: bool = True) -> None:
         """Run ``fn(*args)`` on the multiplexer's thread (at once when called there);
@@ -177,11 +181,12 @@ class Mux:
     def _disarm(self, fd: int, slot: Any) -> None:
         """Stop reporting ``fd`` until its slot parks again (a child that died idle)."""
         with self._arming:
-            if slot.parked or self._watched.get(fd) is not slot:
+            if slot.parked or self._watched.get(fd) is not slot or fd in self._disarmed:
                 return  # parked meanwhile: its reply (or EOF) is read next time round
             self._disarmed.add(fd)
             try:
-                self._epoll.modify(fd, _ONESHOT)  # one-shot with no events: fully disabled
+                # Removed, not modified: epoll keeps reporting a hang-up whatever the mask.
+                self._epoll.unregister(fd)
             except OSError:
                 pass
 

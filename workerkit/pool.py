@@ -142,6 +142,9 @@ class WorkPool(Generic[X, R]):
         self._errors: List[Outcome[X, R]] = []
         self._timer: Optional[threading.Thread] = None
         self._mux: Optional[Mux] = None  # started with the first parked item
+        # Slots whose finished item the multiplexer is recording (its own thread only):
+        # their threads wait for it, so a callback's shutdown() must not wait for them.
+        self._mux_current: List[Slot] = []
         # Every thread the pool started and still running, and whether shutdown(wait=True)
         # must join it (not a slot thread abandoned in an execute that may never return).
         self._threads: Dict[threading.Thread, bool] = {}
@@ -267,11 +270,17 @@ class WorkPool(Generic[X, R]):
         """Join every pool thread (slots, worker destroyers, the timer) until none is left,
         so no worker and no child outlives ``shutdown(wait=True)``."""
         me = threading.current_thread()
+        mux = self._mux
+        on_mux = mux is not None and mux.thread is me
+        waiting_on_me = {s.thread for s in self._mux_current} if on_mux else set()
         while True:
             with self._lock:
                 for thread in [t for t in self._threads if not t.is_alive()]:
                     del self._threads[thread]  # the timer ends without unregistering itself
-                pending = [t for t, join in self._threads.items() if join and t is not me]
+                pending = [
+                    t for t, join in self._threads.items()
+                    if join and t is not me and t not in waiting_on_me
+                ]
                 mux = self._mux
             if not pending:
                 return
@@ -887,7 +896,11 @@ class WorkPool(Generic[X, R]):
                 traceback.clear_frames(exc.__traceback__)
         del worker
         duration = time.perf_counter() - job.started
-        self._carry_on(slot, self._finish(slot, job, value, error, duration, created=True))
+        self._mux_current.append(slot)
+        try:
+            self._carry_on(slot, self._finish(slot, job, value, error, duration, created=True))
+        finally:
+            self._mux_current.pop()
 
     def _carry_on(self, slot: Slot, nxt: Any) -> None:
         """On the multiplexer, after a slot's item finished: park the next item the slot

@@ -1,0 +1,232 @@
+"""Function workers driven by the pool's multiplexer (one thread for every worker's pipe).
+
+Each test checks a guarantee of API.md section 2 on the multiplexed path: every item once,
+timeouts, shutdown(wait=False), Ctrl-C, recycling, a child dying while idle, a callback
+that shuts the pool down, and that a worker whose execute was replaced is still called.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import tempfile
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from tests._pools import wait_until
+from tests._procs import wait_gone
+from tests.children.workers import double, identity, nap_or_double, pid_of
+from tests.faults.children import pidfile_then_sleep
+from workerkit import (
+    PoolClosedError,
+    WorkPool,
+    WorkPoolError,
+    WorkTimeoutError,
+    function_worker,
+)
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not hasattr(select, "epoll"), reason="the multiplexer needs epoll (Linux)"),
+]
+
+WAIT = 20.0
+
+
+def fork_pool(fn: Any, **kwargs: Any) -> WorkPool[Any, Any]:
+    return WorkPool(lambda: function_worker(fn, start_method="fork"), **kwargs)
+
+
+def mux_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("workerkit-mux-")]
+
+
+def test_every_item_runs_once_and_callbacks_run_on_the_multiplexer() -> None:
+    names: List[str] = []
+    values: List[int] = []
+
+    def keep(outcome: Any) -> None:
+        names.append(threading.current_thread().name)
+        values.append(outcome.value)
+
+    with fork_pool(double, max_workers=2) as pool:
+        summary = pool.process(range(3000), on_complete=keep)
+    assert summary.completed == 3000 and summary.failed == 0
+    assert sorted(values) == [2 * i for i in range(3000)]
+    # The first item of each worker starts on its slot's thread; every reply is read and
+    # recorded by the one multiplexer thread.
+    assert set(names) == {n for n in names if n.startswith("workerkit-mux-")}
+
+
+def test_the_multiplexer_ends_with_the_pool() -> None:
+    pool = fork_pool(double, max_workers=2)
+    assert pool.process(range(100)).completed == 100
+    assert len(mux_threads()) == 1
+    pool.shutdown(wait=True)
+    assert mux_threads() == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("workerkit-worker-")]
+
+
+def test_a_replaced_execute_is_still_called_for_every_item() -> None:
+    seen: List[Any] = []
+
+    def factory() -> Any:
+        worker = function_worker(identity, start_method="fork")
+        original = worker.execute
+
+        def spy(item: Any) -> Any:
+            seen.append(item)
+            return original(item)
+
+        worker.execute = spy  # type: ignore[method-assign]
+        return worker
+
+    with WorkPool(factory, max_workers=2) as pool:
+        assert pool.process(range(200)).completed == 200
+    assert sorted(seen) == list(range(200))
+
+
+def test_a_timed_out_item_fails_alone_while_the_others_keep_flowing() -> None:
+    done: List[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        items = [(tmp, 30.0)] + [(tmp, 0.0)] * 40
+        with fork_pool(pidfile_then_sleep, max_workers=2, task_timeout=1.0) as pool:
+            summary = pool.process(items, raise_on_error=False, on_complete=done.append)
+        pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
+    assert summary.submitted == 41 and summary.completed == 40 and summary.failed == 1
+    failure = summary.failures[0]
+    assert failure.index == 0 and isinstance(failure.error, WorkTimeoutError)
+    # The hung child was ended; the fast items did not wait for the timeout to run.
+    assert all(wait_gone(pid, WAIT) for pid in pids)
+    assert all(o.duration < 1.0 for o in done)
+
+
+def test_shutdown_without_waiting_fails_parked_items_and_ends_their_children() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = fork_pool(pidfile_then_sleep, max_workers=2)
+        outcome: List[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(pool.process([(tmp, 30.0)] * 4))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert wait_until(lambda: len(os.listdir(tmp)) >= 2, WAIT)
+        started = time.monotonic()
+        pool.shutdown(wait=False)
+        thread.join(WAIT)
+        assert not thread.is_alive() and time.monotonic() - started < WAIT
+        pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
+    error = outcome[0]
+    assert isinstance(error, WorkPoolError)
+    assert error.summary.submitted == 2 and error.summary.failed == 2
+    assert all(isinstance(o.error, PoolClosedError) for o in error.summary.failures)
+    assert all(wait_gone(pid, WAIT) for pid in pids)
+    pool.shutdown(wait=True)
+    assert mux_threads() == []
+
+
+def test_ctrl_c_while_items_are_parked_ends_the_children_and_propagates() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+
+        class InterruptingSource:
+            def __init__(self) -> None:
+                self.n = 0
+
+            def has_next(self) -> bool:
+                return True
+
+            def next(self) -> Any:
+                if self.n == 2:
+                    assert wait_until(lambda: len(os.listdir(tmp)) >= 2, WAIT)
+                    raise KeyboardInterrupt
+                self.n += 1
+                return (tmp, 30.0)
+
+        with fork_pool(pidfile_then_sleep, max_workers=3) as pool:
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                pool.process(InterruptingSource())
+            assert time.monotonic() - started < WAIT
+            pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
+            assert len(pids) == 2
+            assert all(wait_gone(pid, WAIT) for pid in pids)
+            assert pool.stats().alive == 0
+            # The pool is still usable after the interrupt.
+            assert pool.process([(tmp, 0.0)] * 10).completed == 10
+
+
+def test_recycling_after_every_item_loses_nothing() -> None:
+    with fork_pool(pid_of, max_workers=2, max_tasks_per_worker=1) as pool:
+        values: List[int] = []
+        summary = pool.process(range(30), on_complete=lambda o: values.append(o.value))
+        stats = pool.stats()
+    assert summary.completed == 30 and summary.failed == 0
+    assert len(set(values)) == 30  # a new child for every item
+    assert stats.created == 30
+
+
+def test_a_child_dying_while_idle_is_replaced_without_spinning_or_failing() -> None:
+    with fork_pool(pid_of, max_workers=2, min_workers=2) as pool:
+        pids = set()
+        pool.process(range(50), on_complete=lambda o: pids.add(o.value))
+        assert len(pids) == 2
+        victim = sorted(pids)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_gone(victim, WAIT)
+        cpu = time.process_time()
+        time.sleep(1.0)
+        # A multiplexer reporting the dead child's pipe over and over would burn a core.
+        assert time.process_time() - cpu < 0.5
+        after: List[int] = []
+        summary = pool.process(range(50), on_complete=lambda o: after.append(o.value))
+    assert summary.completed == 50 and summary.failed == 0
+    assert victim not in after
+
+
+def test_a_child_dying_mid_item_fails_only_that_item() -> None:
+    with fork_pool(nap_or_double, max_workers=2, task_timeout=None) as pool:
+        pids: List[int] = []
+        pool.process(range(4), on_complete=lambda o: pids.append(o.value[1]))
+        thread_result: List[Any] = []
+
+        def run() -> None:
+            thread_result.append(pool.process([-1] + list(range(100)), raise_on_error=False))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.5)
+        for pid in set(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)  # one of them runs the 30 s item
+            except ProcessLookupError:
+                pass
+            break
+        thread.join(WAIT * 2)
+        assert not thread.is_alive()
+    summary = thread_result[0]
+    assert summary.submitted == 101
+    assert summary.completed + summary.failed == 101
+    assert summary.failed <= 2  # the killed child's item (and at most the one it held next)
+
+
+def test_a_callback_that_shuts_the_pool_down_does_not_hang() -> None:
+    pool = fork_pool(nap_or_double, max_workers=2)
+    calls: List[int] = []
+
+    def stop(outcome: Any) -> None:
+        calls.append(outcome.index)
+        if len(calls) == 1:
+            pool.shutdown(wait=True)
+
+    summary = pool.process(range(20), on_complete=stop)
+    assert summary.submitted == summary.completed + summary.failed
+    assert summary.submitted < 20  # it stopped pulling
+    assert mux_threads() == [] or wait_until(lambda: mux_threads() == [], WAIT)
