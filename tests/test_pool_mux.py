@@ -230,3 +230,128 @@ def test_a_callback_that_shuts_the_pool_down_does_not_hang() -> None:
     assert summary.submitted == summary.completed + summary.failed
     assert summary.submitted < 20  # it stopped pulling
     assert mux_threads() == [] or wait_until(lambda: mux_threads() == [], WAIT)
+
+
+# ------------------------------------------------------------------ found by review
+
+
+def test_a_slow_callback_does_not_delay_a_timeout_or_shutdown_without_waiting() -> None:
+    """Ending a parked item early never waits for the multiplexer: its child is killed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = fork_pool(pidfile_then_sleep, max_workers=2, task_timeout=1.0)
+        failed_after: List[float] = []
+        started = time.monotonic()
+
+        def slow(_outcome: Any) -> None:
+            time.sleep(4.0)  # the multiplexer is busy here while the other item overruns
+
+        def failed(_outcome: Any) -> None:
+            failed_after.append(time.monotonic() - started)
+
+        summary = pool.process([(tmp, 0.0), (tmp, 30.0)], on_complete=slow, on_error=failed,
+                               raise_on_error=False)
+        pool.shutdown()
+    assert summary.completed == 1 and summary.failed == 1
+    assert isinstance(summary.failures[0].error, WorkTimeoutError)
+    assert failed_after and failed_after[0] < 3.5  # not after the 4 s callback
+
+
+def test_ctrl_c_during_a_slow_callback_ends_every_child() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        interrupt = threading.Event()
+
+        class InterruptingSource:
+            def __init__(self) -> None:
+                self.items = [(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)]
+
+            def has_next(self) -> bool:
+                return True
+
+            def next(self) -> Any:
+                if not self.items:
+                    assert interrupt.wait(WAIT)
+                    raise KeyboardInterrupt
+                return self.items.pop(0)
+
+        def slow(_outcome: Any) -> None:
+            interrupt.set()
+            time.sleep(3.0)  # the multiplexer is busy when Ctrl-C comes
+
+        pool = fork_pool(pidfile_then_sleep, max_workers=3)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                pool.process(InterruptingSource(), on_complete=slow)
+            pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
+            assert len(pids) == 3
+            assert all(wait_gone(pid, WAIT) for pid in pids)
+        finally:
+            started = time.monotonic()
+            pool.shutdown(wait=True)
+        assert time.monotonic() - started < WAIT
+        assert mux_threads() == []
+
+
+def test_a_callback_may_run_process_on_the_same_pool() -> None:
+    pool = fork_pool(double, max_workers=2)
+    nested: List[Any] = []
+
+    def follow_up(outcome: Any) -> None:
+        if outcome.input == 0:
+            nested.append(pool.process([100, 101], on_complete=lambda o: nested.append(o.value)))
+
+    try:
+        summary = pool.process(range(10), on_complete=follow_up)
+    finally:
+        pool.shutdown()
+    assert summary.completed == 10
+    assert sorted(v for v in nested if isinstance(v, int)) == [200, 202]
+
+
+def test_the_multiplexer_ends_when_every_worker_timed_out_idle() -> None:
+    pool = fork_pool(double, max_workers=2, min_workers=0, idle_timeout=0.2)
+    try:
+        assert pool.process(range(20)).completed == 20
+        assert wait_until(lambda: pool.stats().alive == 0, WAIT)
+        assert wait_until(lambda: mux_threads() == [], WAIT)
+        assert pool.process(range(20)).completed == 20  # a new one starts on demand
+    finally:
+        pool.shutdown()
+    assert mux_threads() == []
+
+
+def test_a_progress_reporter_that_raises_does_not_break_the_pool() -> None:
+    calls: List[int] = []
+
+    def progress(done: int, total: Any) -> None:
+        calls.append(done)
+        if len(calls) == 3:
+            raise RuntimeError("progress bar broke")
+
+    with fork_pool(double, max_workers=2) as pool:
+        summary = pool.process(range(20), progress=progress)
+        assert summary.completed == 20 and summary.failed == 0
+        assert pool.process(range(5)).completed == 5
+
+
+def test_a_child_killed_while_its_request_is_written_fails_that_item_alone() -> None:
+    from workerkit.util import _FunctionWorker
+
+    killed: List[int] = []
+
+    class KilledWhileSending(_FunctionWorker):  # type: ignore[type-arg]
+        def begin(self, item: Any, items: Any) -> bool:
+            if not killed:
+                killed.append(self.pid)
+                os.kill(self.pid, signal.SIGKILL)
+                wait_gone(self.pid, WAIT)
+            return super().begin(item, items)
+
+    def factory() -> Any:
+        worker = function_worker(double, start_method="fork")
+        worker.__class__ = KilledWhileSending
+        return worker
+
+    with WorkPool(factory, max_workers=1) as pool:
+        summary = pool.process(range(6), raise_on_error=False)
+    assert summary.submitted == 6 and summary.completed == 5 and summary.failed == 1
+    assert summary.failures[0].index == 0

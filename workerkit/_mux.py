@@ -8,10 +8,12 @@ worker that can split its execute in two (:class:`Multiplexable`: ``begin`` send
 the multiplexer's thread reads the reply, records the outcome, pulls the next item and
 sends it, for every parked worker, without any other thread waking up.
 
-Only the multiplexer reads a parked worker's pipe, and only it may end a parked item early
-(a timeout, ``shutdown(wait=False)``, Ctrl-C): other threads ask it with :meth:`Mux.call`,
-so a descriptor is never closed under a read. Linux only (``epoll``); elsewhere the pool
-keeps a thread per worker.
+Only the multiplexer reads a parked worker's pipe and closes it. Another thread that must
+end a parked item early (a timeout, ``shutdown(wait=False)``, Ctrl-C) records its failure
+and kills the worker's child (:meth:`Multiplexable.interrupt`): the multiplexer then reads
+EOF and retires the worker, so a descriptor is never closed under a read, and no early end
+waits for the multiplexer (which may be running a slow callback). Linux only (``epoll``);
+elsewhere the pool keeps a thread per worker.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import logging
 import os
 import select
 import threading
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 __all__ = ["Multiplexable", "Mux", "AVAILABLE"]
 
@@ -29,7 +30,6 @@ logger = logging.getLogger("workerkit")
 
 AVAILABLE = hasattr(select, "epoll")
 _IN = getattr(select, "EPOLLIN", 0)
-_CALL_TIMEOUT = 5.0  # a caller never waits longer for the multiplexer (busy in a callback)
 
 
 class Multiplexable:
@@ -46,6 +46,10 @@ class Multiplexable:
         if before_close is not None:
             self.before_close = None
             before_close()
+
+    def interrupt(self) -> None:
+        """End the child now (SIGKILL), from any thread: a parked reply then reads EOF."""
+        raise NotImplementedError
 
     def multiplexable(self) -> bool:
         """Whether this worker's execute may be split (not overridden or patched)."""
@@ -67,7 +71,7 @@ class Multiplexable:
 
 
 class Mux:
-    """The multiplexer's state: an epoll set of parked descriptors and a request queue.
+    """The multiplexer's state: an epoll set of watched descriptors and a wake-up pipe.
 
     ``on_reply(slot)`` runs on the multiplexer's thread when a parked slot's reply is
     readable. A descriptor is watched from its first park until its worker is detached,
@@ -88,10 +92,9 @@ class Mux:
         # Orders "disarm an fd whose slot is not parked" against "re-arm the fd of a slot
         # just parked": one of the two always sees the other's change.
         self._arming = threading.Lock()
-        self._requests: Deque[Tuple[Callable[..., Any], Tuple[Any, ...], Optional[threading.Event]]] = deque()
         self.thread: Optional[threading.Thread] = None
         self._closed = False
-        self._close_lock = threading.Lock()  # no wake-up written to a closed (reused) fd
+        self._close_lock = threading.Lock()  # no wake-up is written to a closed (reused) fd
 
     # ---------------------------------------------------------------- any thread
 
@@ -100,16 +103,18 @@ class Mux:
         with self._arming:
             self._watched[fd] = slot
             self._disarmed.discard(fd)
-            self._epoll.register(fd, _IN)
+            try:
+                self._epoll.register(fd, _IN)
+            except FileExistsError:  # a registration left behind by a closed descriptor
+                self._epoll.modify(fd, _IN)
 
     def parked(self, fd: int) -> None:
         """A request was just written to ``fd`` (its slot parked): make sure its reply is
         reported. Costs nothing unless a stray event disarmed it."""
-        if fd in self._disarmed:
-            with self._arming:
-                if fd in self._disarmed:
-                    self._disarmed.discard(fd)
-                    self._epoll.register(fd, _IN)
+        with self._arming:
+            if fd in self._disarmed:
+                self._disarmed.discard(fd)
+                self._epoll.register(fd, _IN)
 
     def forget(self, fd: int, slot: Any) -> None:
         """Stop watching ``fd`` for ``slot`` (before it closes). Idempotent."""
@@ -119,26 +124,19 @@ class Mux:
             del self._watched[fd]
             if fd in self._disarmed:
                 self._disarmed.discard(fd)
-                return  # not registered
-            try:
-                self._epoll.unregister(fd)
-            except (OSError, ValueError):  # closed already (epoll dropped it), or mux closed
-                pass
+            else:
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):  # closed already (epoll dropped it), or mux closed
+                    pass
+            idle = not self._watched
+        if idle:
+            self.wake()  # it may end now: nothing left to watch
 
-    def call(self, fn: Callable[..., Any], *args: Any, wait: bool = True) -> None:
-        """Run ``fn(*args)`` on the multiplexer's thread (at once when called there);
-        with ``wait``, return once it ran (or after a few seconds if the thread is busy)."""
-        done = threading.Event() if wait else None
-        with self._close_lock:
-            inline = self._closed or threading.current_thread() is self.thread
-            if not inline:
-                self._requests.append((fn, args, done))
-                self._wake_locked()
-        if inline:  # on its own thread, or it has ended (then nothing is parked)
-            fn(*args)
-            return
-        if done is not None and not done.wait(_CALL_TIMEOUT):
-            logger.warning("workerkit: the multiplexer thread is busy (a callback?); went on without it")
+    @property
+    def watching(self) -> bool:
+        """Whether any worker's descriptor is watched."""
+        return bool(self._watched)
 
     def wake(self) -> None:
         with self._close_lock:
@@ -170,11 +168,14 @@ class Mux:
         watched, on_reply = self._watched, self._on_reply
         for fd, _ in events:
             if fd == self._wake_r:
-                self._serve_requests()
+                self._drain_wakeups()
                 continue
             slot = watched.get(fd)
             if slot is not None and slot.parked:
-                on_reply(slot)
+                try:
+                    on_reply(slot)
+                except Exception:  # a bug: never let it end the thread every worker needs
+                    logger.exception("workerkit: the multiplexer failed on a reply")
             elif slot is not None:
                 self._disarm(fd, slot)
 
@@ -190,28 +191,18 @@ class Mux:
             except OSError:
                 pass
 
-    def _serve_requests(self) -> None:
+    def _drain_wakeups(self) -> None:
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
-        while self._requests:
-            fn, args, done = self._requests.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                logger.exception("workerkit: multiplexer request %r failed", fn)
-            finally:
-                if done is not None:
-                    done.set()
 
     def close(self) -> None:
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        self._serve_requests()  # nobody waits for a request that came too late
         self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -68,6 +68,9 @@ class Run(Generic[X, R]):
         # Set when the call stopped because its workers cannot be created.
         self.breaker_error: Optional[BaseException] = None
         self.started = time.monotonic()
+        # Set when the call runs on the multiplexer's thread (a callback called process):
+        # its waits serve the multiplexer instead of blocking it, and its items never park.
+        self.pump: Optional[Callable[[float], None]] = None
 
     def submit(self, count: int = 1) -> int:
         """Count ``count`` pulled items as in flight; return the first one's index. Under
@@ -167,6 +170,10 @@ class Run(Generic[X, R]):
 
         Called by the dispatcher after it closed the feed, so ``submitted`` no longer moves.
         """
+        if self.pump is not None:
+            while self.pending:
+                self.pump(0.05)
+            return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
             self._waiting += 1
@@ -206,7 +213,10 @@ class Run(Generic[X, R]):
         # Progress reporters (tqdm) are not thread-safe: one update at a time.
         with self._progress_lock:
             self.reported += count
-            self.progress.update(self.reported)
+            try:
+                self.progress.update(self.reported)
+            except Exception:  # like a callback's: logged, and the item is still counted
+                logger.exception("workerkit: the progress reporter raised")
 
     @staticmethod
     def _call(callback: Optional[Callable[[Outcome[X, R]], Any]], outcome: Outcome[X, R]) -> None:

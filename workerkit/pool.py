@@ -18,6 +18,12 @@ Data flow of one ``process`` call::
     timer thread (only with task_timeout): fails an item that overran its deadline with
     WorkTimeoutError and destroys its worker; the slot's thread is abandoned.
 
+    multiplexer thread (function workers, Linux): a slot whose worker is Multiplexable
+    writes the request and *parks*; the multiplexer waits on every parked worker's pipe
+    at once, and for each reply records the outcome, pulls the next item and writes it,
+    so a small item wakes no other thread (see :mod:`._mux`). It hands a job back to the
+    slot's thread only when that needs a new worker.
+
 Who does what:
 
 * The dispatcher (the thread that called ``process``; a background thread for ``stream``
@@ -28,6 +34,9 @@ Who does what:
   when it must not be reused.
 * The pool lock guards the slot table and counters; it is never held while user code
   (factory, execute, callbacks) or a worker's destroy runs.
+* Callbacks run on the thread that finished the item: a slot's thread, or the
+  multiplexer's for function workers (one at a time there, as with ``Pool.imap``'s
+  consumer; a slow callback holds up the other workers' next items).
 """
 
 from __future__ import annotations
@@ -82,8 +91,10 @@ Source = Union[InputSource[X], Iterable[X]]
 OutcomeCallback = Callable[[Outcome[X, R]], Any]
 
 _WAIT_SLICE = 0.5  # bounded waits re-check shutdown flags; they never add latency to a wake-up
+_INTERRUPT_WAIT = 2.0  # Ctrl-C waits this long at most for the multiplexer to fail parked items
 _FREE = Slot(0)  # "a slot is free": returned when the caller only waits for one
 _EXIT: Any = object()  # returned to a slot's thread: "exit now"
+_READ_HERE: Any = object()  # a request was written but cannot be parked: read its reply here
 
 
 class WorkPool(Generic[X, R]):
@@ -396,6 +407,9 @@ class WorkPool(Generic[X, R]):
         """Dispatch every item of ``src``, then wait for those in flight (the caller's thread)."""
         feed: Feed[X] = Feed(src, credits, slot_first, chunksize)
         run.feed = feed
+        mux = self._mux
+        if mux is not None and mux.thread is threading.current_thread():
+            run.pump = mux.run_once  # process() called from a callback on the multiplexer
         with self._lock:
             self._runs.add(run)
             self._creation_failures = 0  # the breaker is per call, like errors
@@ -505,8 +519,12 @@ class WorkPool(Generic[X, R]):
                 self._lock.release()
                 woken = False
                 try:
-                    # Bounded, so a stop request is seen even if no slot ever comes back.
-                    woken = wakeup.acquire(timeout=_WAIT_SLICE)
+                    if run.pump is not None:  # on the multiplexer: the busy slots need it
+                        run.pump(0.01)
+                        woken = wakeup.acquire(blocking=False)
+                    else:
+                        # Bounded, so a stop request is seen even if no slot ever comes back.
+                        woken = wakeup.acquire(timeout=_WAIT_SLICE)
                 finally:
                     # Re-taken even when Ctrl-C interrupts the wait: the with-block releases it.
                     self._lock.acquire()
@@ -611,7 +629,7 @@ class WorkPool(Generic[X, R]):
                 job, slot.job = slot.job, None
                 return None if job is STOP else job
             with self._lock:
-                if slot.state == RETIRED:
+                if slot.state == RETIRED and not slot.parked:
                     return None  # ended while its item was parked: nothing will come
                 if slot.state != IDLE or idle_timeout is None:
                     # Busy: a job on its way, or an item parked on the multiplexer (the slot
@@ -652,6 +670,8 @@ class WorkPool(Generic[X, R]):
                 return None  # the multiplexer finishes it; wait for what comes next
             if started is _EXIT:
                 return _EXIT
+            if started is _READ_HERE:
+                return self._read_reply(slot, job)
             if started is not False:  # the request could not be written: the child is gone
                 return self._finish(slot, job, None, started, 0.0, created=True)
         execute = slot.execute
@@ -725,6 +745,7 @@ class WorkPool(Generic[X, R]):
         bad = (1 if job.items is None else len(job.items)) - good
         with self._lock:
             if job.settled:  # the timer or shutdown(wait=False) already failed this item
+                slot.parked = False
                 return _EXIT
             job.settled = True
             slot.parked = False
@@ -849,46 +870,63 @@ class WorkPool(Generic[X, R]):
 
     def _start_parked(self, slot: Slot, job: Job) -> Any:
         """Write ``job``'s request to the slot's (Multiplexable) worker and leave its reply
-        to the multiplexer. Returns True (parked); False (run it the ordinary way, on the
-        slot's thread); ``_EXIT`` (the job was ended meanwhile: the slot's thread must exit);
-        or the error that kept the request from being written (the item fails with it)."""
+        to the multiplexer. Returns True (parked); False (nothing written: run it the
+        ordinary way, on the slot's thread); ``_READ_HERE`` (written, but the multiplexer
+        has ended: read the reply on this thread); ``_EXIT`` (ended meanwhile by a timeout or
+        ``shutdown(wait=False)``: the slot's thread must exit); or the error that kept the
+        request from being written (the item fails with it)."""
         worker = slot.worker
-        mux = self._mux_for_parking()
-        if mux is None or worker is None:
+        mux = self._mux or self._mux_for_parking()
+        if mux is None or worker is None or job.run.pump is not None:
             return False
-        if slot.fd is None:
-            slot.fd = fd = worker.fileno()
-            mux.watch(fd, slot)
-            worker.before_close = functools.partial(mux.forget, fd, slot)
         with self._lock:
             if job.settled:
                 return _EXIT
             slot.running = job
-            slot.parked = True
-            if self._task_timeout is not None:
+            if self._task_timeout is not None:  # covers a send that blocks, too
                 self._set_deadline_locked(slot, job)
         job.started = time.perf_counter()
         try:
-            sent: Any = worker.begin(job.item, job.items)
+            if not worker.begin(job.item, job.items):
+                return False
         except BaseException as exc:
-            sent = exc
             if isinstance(exc, ChannelClosedError):
                 traceback.clear_frames(exc.__traceback__)  # as in _run_job
-        if sent is True:
-            mux.parked(slot.fd)
-            return True
+            return exc
         with self._lock:
-            slot.parked = False
-            slot.deadline = None
-        return sent
+            if job.settled:
+                return _EXIT  # ended while being written; its worker is being destroyed
+            if slot.worker is not worker:  # taken by Ctrl-C's destroy_all meanwhile
+                return ChannelClosedError("the worker was destroyed while its item was being sent")
+            if self._mux is not mux:
+                return _READ_HERE
+            fd = slot.fd
+            if fd is None:
+                slot.fd = fd = worker.fileno()
+                mux.watch(fd, slot)
+                worker.before_close = functools.partial(mux.forget, fd, slot)
+            slot.parked = True
+        mux.parked(fd)
+        return True
 
     def _reply_ready(self, slot: Slot) -> None:
-        """On the multiplexer: a parked item's reply is readable. Record it, then start
-        the slot's next item (or hand the slot back)."""
-        job, worker = slot.running, slot.worker
-        if job is None or worker is None:
+        """On the multiplexer: a parked item's reply is readable (or its child ended).
+        Record it, then start the slot's next item, or hand the slot back."""
+        job = slot.running
+        if job is None:
             return
+        self._mux_current.append(slot)
         try:
+            self._carry_on(slot, self._read_reply(slot, job))
+        finally:
+            self._mux_current.pop()
+
+    def _read_reply(self, slot: Slot, job: Job) -> Any:
+        """Read the reply to ``job``'s request, record it; the slot's next job (see _finish)."""
+        worker = slot.worker
+        try:
+            if worker is None:
+                raise ChannelClosedError("the worker was destroyed while its item ran")
             value, error = worker.finish(job.items), None
         except BaseException as exc:  # the item's error, or its child died
             value, error = None, exc
@@ -896,11 +934,7 @@ class WorkPool(Generic[X, R]):
                 traceback.clear_frames(exc.__traceback__)
         del worker
         duration = time.perf_counter() - job.started
-        self._mux_current.append(slot)
-        try:
-            self._carry_on(slot, self._finish(slot, job, value, error, duration, created=True))
-        finally:
-            self._mux_current.pop()
+        return self._finish(slot, job, value, error, duration, created=True)
 
     def _carry_on(self, slot: Slot, nxt: Any) -> None:
         """On the multiplexer, after a slot's item finished: park the next item the slot
@@ -914,27 +948,12 @@ class WorkPool(Generic[X, R]):
                 return
             if started is _EXIT:
                 break
+            if started is _READ_HERE:
+                nxt = self._read_reply(slot, nxt)
+                continue
             nxt = self._finish(slot, nxt, None, started, 0.0, created=True)
         if nxt is _EXIT:
             slot.assign(_EXIT)
-
-    def _interrupt_parked(self, workers: List[Any]) -> None:
-        """On the multiplexer (Ctrl-C): fail every parked item; its worker goes to ``workers``
-        for the caller to destroy."""
-        with self._lock:
-            parked = [s for s in self._slots if s.parked]
-        for slot in parked:
-            job = slot.running
-            worker = self._take_worker(slot)
-            if job is None or worker is None:
-                continue
-            worker.unwatch()
-            workers.append(worker)
-            error = ChannelClosedError(
-                "the pool's workers were destroyed (KeyboardInterrupt) while this item ran"
-            )
-            ran = time.perf_counter() - job.started
-            self._carry_on(slot, self._finish(slot, job, None, error, ran, created=True))
 
     def _mux_for_parking(self) -> Optional[Mux]:
         """The pool's multiplexer, started on first use; None once the pool is shut down."""
@@ -953,11 +972,12 @@ class WorkPool(Generic[X, R]):
         mux.run(lambda: self._mux_done(mux))
 
     def _mux_done(self, mux: Mux) -> bool:
-        """Whether the multiplexer may end: the pool is shut down and nothing is parked."""
-        if not self._closed:
+        """Whether the multiplexer may end: no worker left to watch (the pool is shut down,
+        or its workers timed out); a later item starts a new one."""
+        if mux.watching:
             return False
         with self._lock:
-            if any(s.parked for s in self._slots):
+            if mux.watching or any(s.parked for s in self._slots):
                 return False
             if self._mux is mux:
                 self._mux = None
@@ -965,9 +985,12 @@ class WorkPool(Generic[X, R]):
 
     # ------------------------------------------------------------------ destroying workers
 
-    def _take_worker(self, slot: Slot) -> Any:
-        """Detach the slot's worker; only one caller ever gets it, so destroy runs once."""
+    def _take_worker(self, slot: Slot, unless_parked: bool = False) -> Any:
+        """Detach the slot's worker; only one caller ever gets it, so destroy runs once.
+        ``unless_parked``: leave a parked item's worker to the multiplexer."""
         with self._lock:
+            if unless_parked and slot.parked:
+                return None
             worker, slot.worker = slot.worker, None
             slot.execute = slot.release = None
             slot.split, slot.fd = False, None  # the worker unwatches itself before closing
@@ -996,50 +1019,51 @@ class WorkPool(Generic[X, R]):
                 self._destroyed += 1
 
     def _destroy_all_workers(self) -> None:
-        """Destroy every worker at once (Ctrl-C): children end, their items fail."""
-        workers: List[Any] = []
+        """Destroy every worker at once (Ctrl-C): children end, their items fail.
+
+        A parked item's child is killed; the multiplexer fails the item and retires the
+        worker when it reads EOF (waited for, briefly)."""
         with self._lock:
             slots = list(self._slots)
-            mux = self._mux if any(s.parked for s in slots) else None
-        if mux is not None:  # parked items end on the multiplexer, which hands their workers over
-            mux.call(self._interrupt_parked, workers)
-        workers.extend(w for w in (self._take_worker(s) for s in slots) if w is not None)
+            parked = [s.worker for s in slots if s.parked and s.worker is not None]
+        for worker in parked:
+            worker.interrupt()
+        workers = [w for w in (self._take_worker(s, unless_parked=True) for s in slots) if w is not None]
         threads = [self._start_thread(self._destroy_worker, w, name="workerkit-destroy") for w in workers]
         for thread in threads:
             thread.join()
+        deadline = time.monotonic() + _INTERRUPT_WAIT
+        while any(s.parked for s in slots) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
-    def _abandon(
-        self, slot: Slot, job: Optional[Job], error: BaseException, on_mux: bool = False
-    ) -> None:
-        """Fail ``job`` (still the slot's running item) with ``error`` and destroy its
-        worker; the slot's thread (stuck in execute) exits on its own when execute returns.
-        A parked item is ended by the multiplexer (the only reader of its pipe)."""
+    def _abandon(self, slot: Slot, job: Optional[Job], error: BaseException) -> None:
+        """Fail ``job`` (still the slot's running item) with ``error`` and end its worker.
+
+        A slot thread stuck in execute exits on its own when execute returns. A parked
+        item's worker stays with the multiplexer, which alone may close its pipe: its
+        child is killed, and the multiplexer retires the worker when it reads EOF."""
         with self._lock:
             if job is None or job.settled or slot.running is not job:
                 return  # finished meanwhile: never fail the slot's next item instead
-            mux = self._mux if slot.parked and not on_mux else None
-            if mux is None:
-                parked, slot.parked = slot.parked, False
-                job.settled = True
-                slot.deadline = None
-                self._busy -= 1
-                self._failed += 1 if job.items is None else len(job.items)
-                slot.state = RETIRED
-                self._slots.discard(slot)
-                self._wake_dispatchers_locked()
-                worker_id = slot.worker_id
-                if not parked and slot.thread is not None and slot.thread in self._threads:
-                    self._threads[slot.thread] = False  # stuck in execute: never wait for it
-        if mux is not None:
-            mux.call(self._abandon, slot, job, error, True)
-            return
-        worker = self._take_worker(slot)
-        if worker is not None:
-            if isinstance(worker, Multiplexable):
-                worker.unwatch()  # before another thread closes its descriptor
-            self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
+            job.settled = True
+            slot.deadline = None
+            self._busy -= 1
+            self._failed += 1 if job.items is None else len(job.items)
+            slot.state = RETIRED
+            self._slots.discard(slot)
+            self._wake_dispatchers_locked()
+            worker_id = slot.worker_id
+            parked = slot.parked
+            worker = slot.worker if parked else None
+            if not parked and slot.thread is not None and slot.thread in self._threads:
+                self._threads[slot.thread] = False  # stuck in execute: never wait for it
         if parked:
-            slot.assign(_EXIT)  # its thread waits for the multiplexer, which is done with it
+            if worker is not None:
+                worker.interrupt()
+        else:
+            worker = self._take_worker(slot)
+            if worker is not None:
+                self._start_thread(self._destroy_worker, worker, name="workerkit-destroy")
         ran = time.perf_counter() - job.started if job.started else 0.0
         job.run.record(job, None, error, worker_id, ran)
 

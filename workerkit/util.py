@@ -261,6 +261,14 @@ class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
     def fileno(self) -> int:
         return self._fd
 
+    def interrupt(self) -> None:
+        if not self.channel.active:
+            return  # ended already: its pid may not be ours any more
+        try:
+            self.channel.process.kill()
+        except (ValueError, OSError):  # closed (reaped) or gone meanwhile
+            pass
+
     def begin(self, item: Any, items: Optional[Sequence[Any]]) -> bool:
         try:
             body = pickled(item) if items is None else pickled(list(items))
