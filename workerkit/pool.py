@@ -879,12 +879,16 @@ class WorkPool(Generic[X, R]):
         mux = self._mux or self._mux_for_parking()
         if mux is None or worker is None or job.run.pump is not None:
             return False
-        with self._lock:
+        if self._task_timeout is not None:
+            with self._lock:
+                if job.settled:
+                    return _EXIT
+                slot.running = job
+                self._set_deadline_locked(slot, job)  # covers a send that blocks, too
+        else:  # nothing to set under the lock: settled is checked again below, under it
             if job.settled:
                 return _EXIT
             slot.running = job
-            if self._task_timeout is not None:  # covers a send that blocks, too
-                self._set_deadline_locked(slot, job)
         job.started = time.perf_counter()
         try:
             if not worker.begin(job.item, job.items):
