@@ -355,3 +355,22 @@ def test_a_child_killed_while_its_request_is_written_fails_that_item_alone() -> 
         summary = pool.process(range(6), raise_on_error=False)
     assert summary.submitted == 6 and summary.completed == 5 and summary.failed == 1
     assert summary.failures[0].index == 0
+
+
+@pytest.mark.parametrize("chunksize", [1, 5])
+def test_a_sources_own_next_is_called_for_every_item(chunksize: int) -> None:
+    """The pool's fast pull from built-in collections never bypasses a subclass's next()."""
+    from workerkit import IterableInputSource
+
+    pulled: List[int] = []
+
+    class Counted(IterableInputSource[int]):
+        def next(self) -> int:
+            item = super().next()
+            pulled.append(item)
+            return item
+
+    with fork_pool(double, max_workers=2) as pool:
+        summary = pool.process(Counted(list(range(60))), chunksize=chunksize)
+    assert summary.completed == 60
+    assert sorted(pulled) == list(range(60))

@@ -21,6 +21,7 @@ import threading
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
 from ._slot import Job
+from .input import _NOTHING as NOTHING
 from .input import InputSource, IterableInputSource
 
 X = TypeVar("X")
@@ -47,10 +48,20 @@ class Feed(Generic[X]):
             src._poll if isinstance(src, IterableInputSource) else None
         )
         self._fed_by_hand = isinstance(src, IterableInputSource) and src._fed_by_hand()
-        # A chunk from a built-in collection is taken in one step, not item by item.
-        self._take_ready: Optional[Callable[[int, List[Any]], bool]] = (
-            src._take_ready if isinstance(src, IterableInputSource) and src._never_waits else None
+        # A chunk from a built-in collection is taken in one step, not item by item; and one
+        # item (no chunks, no stream credits) in one call. Not past a subclass's own
+        # has_next()/next(): those are always called.
+        plain = (
+            isinstance(src, IterableInputSource) and src._never_waits
+            and type(src).has_next is IterableInputSource.has_next
+            and type(src).next is IterableInputSource.next
         )
+        self._take_ready: Optional[Callable[[int, List[Any]], bool]] = None
+        self._next_ready: Optional[Callable[[], Any]] = None
+        if plain and isinstance(src, IterableInputSource):
+            self._take_ready = src._take_ready
+            if chunksize == 1 and credits is None:
+                self._next_ready = src._next_ready
 
     def try_pull(self, run: Any) -> Optional[Job]:
         """The next item as a job for a slot that just became free; None if that would wait.
@@ -64,6 +75,19 @@ class Feed(Generic[X]):
         try:
             if self.closed or self.exhausted or run.stopping:
                 return None
+            next_ready = self._next_ready
+            if next_ready is not None:
+                try:
+                    item = next_ready()
+                except Exception as exc:  # the source's error; Ctrl-C and co. propagate
+                    if self.error is None:
+                        self.error = exc
+                    run.stopping = True
+                    return None
+                if item is NOTHING:
+                    self.exhausted = True
+                    return None
+                return Job(run.submit(), item, run)
             credits = self.credits
             if credits is not None and not credits.acquire(blocking=False):
                 return None

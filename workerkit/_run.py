@@ -113,14 +113,20 @@ class Run(Generic[X, R]):
         """Record a finished item."""
         if self.wants_successes:
             outcome: Outcome[X, R] = new_outcome(index, item, value, None, worker_id, duration)
-            self._call(self.on_complete, outcome)
+            on_complete = self.on_complete
+            if on_complete is not None:
+                try:
+                    on_complete(outcome)
+                except BaseException:  # as in _call: never strand the item
+                    logger.exception("workerkit: callback %r raised for item %d", on_complete, index)
             if self.sink is not None:
                 self.sink(outcome)
         if self.progress is not None:
             self._advance()
         with self.lock:
             self.completed += 1
-            self._notify_if_idle()
+            if self._waiting:
+                self._notify_if_idle()
 
     def failure(
         self, index: int, item: X, error: BaseException, worker_id: Any, duration: float

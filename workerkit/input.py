@@ -24,6 +24,7 @@ import itertools
 import threading
 from collections import deque
 from typing import (
+    Any,
     Deque,
     Generic,
     Iterable,
@@ -147,6 +148,21 @@ class IterableInputSource(Generic[X]):
             return False
         self._buffered = item
         return True
+
+    def _next_ready(self) -> Any:
+        """The next item, or ``_NOTHING`` once exhausted: ``has_next()`` and ``next()`` in
+        one call, for iterators that never wait (a pool thread pulls this way per item)."""
+        item = self._buffered
+        if item is not _NOTHING:
+            self._buffered = _NOTHING
+            return item
+        if self._exhausted:
+            return _NOTHING
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._exhausted = True
+            return _NOTHING
 
     def _take_ready(self, count: int, into: List[X]) -> bool:
         """Move up to ``count`` items into ``into`` at once (for a chunk; only iterators that

@@ -136,6 +136,8 @@ class WorkPool(Generic[X, R]):
         self._max_tasks = max_tasks_per_worker
         self._max_memory = max_memory_per_worker
         self._task_timeout = task_timeout
+        # Per-worker limits to check after each item (besides ``active``).
+        self._limits = max_tasks_per_worker is not None or max_memory_per_worker is not None
         self.name = name or f"{type(self).__name__}-{id(self):x}"
 
         self._lock = threading.Lock()
@@ -732,7 +734,9 @@ class WorkPool(Generic[X, R]):
             slot.tasks += 1 if job.items is None else len(job.items)
             # A parked item that got its reply: its child was alive a moment ago, so skip
             # the liveness poll (a system call); a failed one may mean the child died.
-            if self._must_recycle(slot, alive=slot.parked and error is None):
+            if (not (slot.parked and error is None) or self._limits) and self._must_recycle(
+                slot, alive=slot.parked and error is None
+            ):
                 # On the multiplexer, destroying (waiting for a child to exit) would hold up
                 # every other worker: a thread of its own does it.
                 self._discard_worker(slot, background=slot.parked)
@@ -768,7 +772,10 @@ class WorkPool(Generic[X, R]):
                 self._busy -= 1
                 slot.state = RETIRED
                 self._slots.discard(slot)
-        job.run.record(job, value if ok else None, error, worker_id, duration)
+        if ok and job.items is None:
+            run.success(job.index, job.item, value, worker_id, duration)
+        else:
+            run.record(job, value if ok else None, error, worker_id, duration)
         if not keep:
             return _EXIT
         if not pull:
@@ -784,7 +791,7 @@ class WorkPool(Generic[X, R]):
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
         """Whether a slot that finished an item of ``run`` may pull its next one itself:
         not when the call stops, and not while another call waits for a slot (fairness)."""
-        if run.stopping or self._breaker_tripped(run):
+        if run.stopping or (self._creation_failures and self._breaker_tripped(run)):
             return False
         wakeup = run.wakeup
         for waiter in self._waiters:

@@ -274,11 +274,26 @@ class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
             body = pickled(item) if items is None else pickled(list(items))
         except Exception:
             return False
-        self._send(CALL if items is None else BATCH, body)
+        if self._conn.closed:
+            raise self._closed()
+        try:
+            write_tagged(self._fd, CALL if items is None else BATCH, body)
+        except OSError:
+            raise self._closed() from None
         return True
 
     def finish(self, items: Optional[Sequence[Any]]) -> Any:
-        return self._reply() if items is None else self._chunk_reply(len(items))
+        if items is not None:
+            return self._chunk_reply(len(items))
+        try:  # _reply(), flattened: the multiplexer calls this for every item
+            frame = self._frames.read()
+        except (EOFError, OSError):
+            raise self._closed() from None
+        if frame[:1] == RESULT:
+            return pickle.loads(memoryview(frame)[1:])
+        if frame[:1] == ERROR:
+            raise remote_error(frame)
+        raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
 
     def _reply(self) -> Any:
         frame = self._recv()
