@@ -374,3 +374,46 @@ def test_a_sources_own_next_is_called_for_every_item(chunksize: int) -> None:
         summary = pool.process(Counted(list(range(60))), chunksize=chunksize)
     assert summary.completed == 60
     assert sorted(pulled) == list(range(60))
+
+
+def test_a_callback_may_consume_stream_on_the_same_pool() -> None:
+    pool = fork_pool(double, max_workers=2)
+    nested: List[int] = []
+
+    def follow_up(outcome: Any) -> None:
+        if outcome.input == 0:
+            nested.extend(o.value for o in pool.stream([100, 101, 102]))
+
+    try:
+        summary = pool.process(range(10), on_complete=follow_up)
+    finally:
+        pool.shutdown()
+    assert summary.completed == 10
+    assert sorted(nested) == [200, 202, 204]
+
+
+def test_a_timeout_while_the_multiplexer_writes_the_next_item_lets_its_thread_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer ends an item the multiplexer is still writing (widened with a sleep after
+    the write): the slot's thread is told to exit, not left waiting for ever."""
+    from workerkit import util
+
+    begin = util._FunctionWorker.begin
+
+    def slow_begin(self: Any, item: Any, items: Any) -> bool:
+        sent = begin(self, item, items)
+        if item[1] == 0.5 and threading.current_thread().name.startswith("workerkit-mux-"):
+            time.sleep(1.0)
+        return sent
+
+    monkeypatch.setattr(util._FunctionWorker, "begin", slow_begin)
+    pool = fork_pool(pidfile_then_sleep, max_workers=1, idle_timeout=None, task_timeout=0.4)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = pool.process([(tmp, 0.0), (tmp, 0.5)], raise_on_error=False)
+    pool.shutdown(wait=True)
+    assert summary.completed == 1 and summary.failed == 1
+    assert isinstance(summary.failures[0].error, WorkTimeoutError)
+    assert wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("workerkit-worker-")], 5.0
+    )

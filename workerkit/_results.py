@@ -3,9 +3,8 @@ input order, or as plain values with the first error raised."""
 
 from __future__ import annotations
 
-import queue
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, TypeVar
 
 from .outcome import Outcome
 
@@ -18,22 +17,23 @@ __all__ = ["END", "as_finished", "in_order", "map_results"]
 
 END: Any = object()  # put after the last outcome of a stream
 
-def as_finished(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
-    """Yield outcomes in the order they finish."""
+def as_finished(get: Callable[[], Any], credits: threading.Semaphore) -> Iterator[Any]:
+    """Yield outcomes (taken with ``get()``) in the order they finish."""
     while True:
-        outcome = outcomes.get()
+        outcome = get()
         if outcome is END:
             return
         credits.release()
         yield outcome
 
 
-def in_order(outcomes: queue.SimpleQueue[Any], credits: threading.Semaphore) -> Iterator[Any]:
-    """Yield outcomes in input order, holding back those that finished early."""
+def in_order(get: Callable[[], Any], credits: threading.Semaphore) -> Iterator[Any]:
+    """Yield outcomes (taken with ``get()``) in input order, holding back those that
+    finished early."""
     early: Dict[int, Any] = {}
     wanted = 0
     while True:
-        outcome = outcomes.get()
+        outcome = get()
         if outcome is END:
             break
         early[outcome.index] = outcome

@@ -68,8 +68,10 @@ class Run(Generic[X, R]):
         # Set when the call stopped because its workers cannot be created.
         self.breaker_error: Optional[BaseException] = None
         self.started = time.monotonic()
-        # Set when the call runs on the multiplexer's thread (a callback called process):
-        # its waits serve the multiplexer instead of blocking it, and its items never park.
+        # A call made from a callback on the multiplexer's thread: its items never park
+        # (the multiplexer is busy in that callback), and ``pump`` (when its waits run on
+        # that thread) serves the multiplexer instead of blocking it.
+        self.no_park = False
         self.pump: Optional[Callable[[float], None]] = None
 
     def submit(self, count: int = 1) -> int:

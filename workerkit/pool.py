@@ -151,6 +151,7 @@ class WorkPool(Generic[X, R]):
         self._slots: Set[Slot] = set()
         self._numbers = itertools.count(1)
         self._closed = False
+        self._abandoning = False  # shutdown(wait=False): items in flight fail now
         self._runs: Set[Run[Any, Any]] = set()
         self._errors: List[Outcome[X, R]] = []
         self._timer: Optional[threading.Thread] = None
@@ -258,6 +259,7 @@ class WorkPool(Generic[X, R]):
         """
         with self._lock:
             self._closed = True
+            self._abandoning = self._abandoning or not wait
             for run in self._runs:
                 run.stopping = True
             idle, self._idle = self._idle, []
@@ -378,6 +380,20 @@ class WorkPool(Generic[X, R]):
         credits = threading.Semaphore(max(16, 4 * self._max_workers) * chunksize)
         run: Run[X, R] = Run(sink=outcomes.put)
         raised: List[BaseException] = []
+        get: Callable[[], Any] = outcomes.get
+        mux = self._mux
+        if mux is not None and mux.thread is threading.current_thread():
+            # Consumed in a callback on the multiplexer: its items run on their slots'
+            # threads, and waiting for them serves the multiplexer (the busy slots need it).
+            run.no_park = True
+            pump = mux.run_once
+
+            def get() -> Any:
+                while True:
+                    try:
+                        return outcomes.get_nowait()
+                    except queue.Empty:
+                        pump(0.01)
 
         def dispatch() -> None:
             try:
@@ -390,7 +406,7 @@ class WorkPool(Generic[X, R]):
         thread = threading.Thread(target=dispatch, name=f"workerkit-dispatch-{self.name}", daemon=True)
         thread.start()
         try:
-            yield from (in_order if ordered else as_finished)(outcomes, credits)
+            yield from (in_order if ordered else as_finished)(get, credits)
             if raised:
                 raise raised[0]
         finally:
@@ -412,6 +428,7 @@ class WorkPool(Generic[X, R]):
         mux = self._mux
         if mux is not None and mux.thread is threading.current_thread():
             run.pump = mux.run_once  # process() called from a callback on the multiplexer
+            run.no_park = True
         with self._lock:
             self._runs.add(run)
             self._creation_failures = 0  # the breaker is per call, like errors
@@ -661,6 +678,8 @@ class WorkPool(Generic[X, R]):
     def _run_job(self, slot: Slot, job: Job) -> Any:
         """Execute one job in ``slot``; return the slot's next job, None (wait for the
         dispatcher) or ``_EXIT`` (the slot's thread must exit)."""
+        if job.settled:  # failed by shutdown(wait=False) on its way here: make no worker
+            return _EXIT
         failed_start = self._ensure_worker(slot)
         if job.settled:  # failed by shutdown(wait=False) while its worker was being made
             return _EXIT
@@ -785,7 +804,12 @@ class WorkPool(Generic[X, R]):
         if nxt is None:
             self._return_unused(slot)  # let the dispatcher (or another call) have it
             return None
-        slot.running = nxt
+        with self._lock:  # published under the lock: shutdown(wait=False) sees it, or ...
+            slot.running = nxt
+            abandoning = self._abandoning
+        if abandoning:  # ... it came first and this item fails here, never running
+            return self._finish(slot, nxt, None, PoolClosedError(
+                "the pool was shut down with wait=False before this item started"), 0.0, created=False)
         return nxt
 
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
@@ -884,7 +908,9 @@ class WorkPool(Generic[X, R]):
         request from being written (the item fails with it)."""
         worker = slot.worker
         mux = self._mux or self._mux_for_parking()
-        if mux is None or worker is None or job.run.pump is not None:
+        if job.settled:
+            return _EXIT
+        if mux is None or worker is None or job.run.no_park:
             return False
         if self._task_timeout is not None:
             with self._lock:
@@ -958,6 +984,7 @@ class WorkPool(Generic[X, R]):
                 slot.assign(nxt)
                 return
             if started is _EXIT:
+                nxt = _EXIT
                 break
             if started is _READ_HERE:
                 nxt = self._read_reply(slot, nxt)
