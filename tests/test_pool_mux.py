@@ -270,6 +270,7 @@ def test_ctrl_c_during_a_slow_callback_ends_every_child() -> None:
             def next(self) -> Any:
                 if not self.items:
                     assert interrupt.wait(WAIT)
+                    assert wait_until(lambda: len(os.listdir(tmp)) >= 3, WAIT)
                     raise KeyboardInterrupt
                 return self.items.pop(0)
 
@@ -417,3 +418,35 @@ def test_a_timeout_while_the_multiplexer_writes_the_next_item_lets_its_thread_ex
     assert wait_until(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("workerkit-worker-")], 5.0
     )
+
+
+def test_ctrl_c_while_workers_are_being_made_starts_none_of_their_items() -> None:
+    """Ctrl-C comes while the pool still makes workers for items already pulled: those
+    items never start (no child left running one), and each pulled item ends once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        interrupt = threading.Event()
+
+        class InterruptingSource:
+            def __init__(self) -> None:
+                self.items = [(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)]
+
+            def has_next(self) -> bool:
+                return True
+
+            def next(self) -> Any:
+                if not self.items:
+                    assert interrupt.wait(WAIT)
+                    raise KeyboardInterrupt  # at once: workers may still be starting
+                return self.items.pop(0)
+
+        pool = fork_pool(pidfile_then_sleep, max_workers=3)
+        try:
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                pool.process(InterruptingSource(), on_complete=lambda _o: interrupt.set())
+            assert time.monotonic() - started < WAIT
+            time.sleep(1.0)  # a worker made late would have started its item by now
+            pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
+            assert pids and all(wait_gone(pid, WAIT) for pid in pids)
+        finally:
+            pool.shutdown(wait=True)

@@ -72,6 +72,7 @@ class Run(Generic[X, R]):
         # (the multiplexer is busy in that callback), and ``pump`` (when its waits run on
         # that thread) serves the multiplexer instead of blocking it.
         self.no_park = False
+        self.interrupted = False  # Ctrl-C: an item not started yet fails instead of starting
         self.pump: Optional[Callable[[float], None]] = None
 
     def submit(self, count: int = 1) -> int:

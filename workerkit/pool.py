@@ -95,6 +95,8 @@ _INTERRUPT_WAIT = 2.0  # Ctrl-C waits this long at most for the multiplexer to f
 _FREE = Slot(0)  # "a slot is free": returned when the caller only waits for one
 _EXIT: Any = object()  # returned to a slot's thread: "exit now"
 _READ_HERE: Any = object()  # a request was written but cannot be parked: read its reply here
+_PULL: Any = object()  # a finished slot stays busy and pulls its call's next item itself
+_UNTRIED: Any = object()  # the next job has not been started yet
 
 
 class WorkPool(Generic[X, R]):
@@ -445,6 +447,7 @@ class WorkPool(Generic[X, R]):
         except KeyboardInterrupt:
             # Ctrl-C: end the workers (their children) instead of waiting for them.
             run.stopping = True
+            run.interrupted = True  # a worker being made meanwhile never starts its item
             self._destroy_all_workers()
             raise
         finally:
@@ -680,11 +683,16 @@ class WorkPool(Generic[X, R]):
         dispatcher) or ``_EXIT`` (the slot's thread must exit)."""
         if job.settled:  # failed by shutdown(wait=False) on its way here: make no worker
             return _EXIT
+        if self._abandoning:  # pulled by this slot just as shutdown(wait=False) ran
+            return self._finish(slot, job, None, _closed_before_start(), 0.0, created=False)
         failed_start = self._ensure_worker(slot)
         if job.settled:  # failed by shutdown(wait=False) while its worker was being made
             return _EXIT
         if failed_start is not None:  # the item that waited for the worker fails with its error
             return self._finish(slot, job, None, failed_start, 0.0, created=False)
+        if job.run.interrupted:  # Ctrl-C came while the worker was being made
+            self._discard_worker(slot)
+            return self._finish(slot, job, None, _interrupted(), 0.0, created=False)
         if slot.split:
             started = self._start_parked(slot, job)
             if started is True:
@@ -745,6 +753,19 @@ class WorkPool(Generic[X, R]):
     ) -> Any:
         """Release or recycle the worker, return or keep the slot, record the outcome; then,
         if the slot was kept for its call, pull that call's next item on this thread."""
+        settled = self._settle(slot, job, value, error, created)
+        if settled is None:
+            return _EXIT  # ended (and recorded) by the timer or shutdown(wait=False)
+        state, worker_id, ok = settled
+        self._record(job, value, error, worker_id, duration, ok)
+        return self._after(slot, job.run, state)
+
+    def _settle(
+        self, slot: Slot, job: Job, value: Any, error: Optional[BaseException], created: bool,
+    ) -> Optional[Tuple[Any, Any, bool]]:
+        """Release or recycle the worker, count the job, and decide (under the lock) what
+        the slot does next: ``(state, worker_id, ok)`` with state ``_PULL`` (pull the call's
+        next item), None (idle) or ``_EXIT`` (retired); None if the job was ended already."""
         worker_id = slot.worker_id
         if created:
             release = slot.release
@@ -759,7 +780,6 @@ class WorkPool(Generic[X, R]):
                 # On the multiplexer, destroying (waiting for a child to exit) would hold up
                 # every other worker: a thread of its own does it.
                 self._discard_worker(slot, background=slot.parked)
-        run = job.run
         ok = error is None and created
         if job.items is None:
             good = 1 if ok else 0
@@ -769,47 +789,53 @@ class WorkPool(Generic[X, R]):
         with self._lock:
             if job.settled:  # the timer or shutdown(wait=False) already failed this item
                 slot.parked = False
-                return _EXIT
+                return None
             job.settled = True
             slot.parked = False
             slot.deadline = None
             slot.running = None
             self._completed += good
             self._failed += bad
-            keep = not self._closed
-            pull = keep and self._may_pull_locked(run)
-            if pull:
-                pass  # still busy: the slot serves its call's next item itself
-            elif keep:
+            if self._closed:
+                state = _EXIT
+                self._busy -= 1
+                slot.state = RETIRED
+                self._slots.discard(slot)
+            elif self._may_pull_locked(job.run):
+                state = _PULL  # still busy: the slot serves its call's next item itself
+            else:
+                state = None
                 self._busy -= 1
                 slot.state = IDLE
                 slot.idle_since = time.monotonic()
                 self._idle.append(slot)
                 if self._waiters:
                     self._waiters.pop(0).release()
-            else:
-                self._busy -= 1
-                slot.state = RETIRED
-                self._slots.discard(slot)
+        return state, worker_id, ok
+
+    @staticmethod
+    def _record(
+        job: Job, value: Any, error: Optional[BaseException], worker_id: Any, duration: float,
+        ok: bool,
+    ) -> None:
+        """Report the job's outcome(s) to its call (callbacks, counts, progress)."""
         if ok and job.items is None:
-            run.success(job.index, job.item, value, worker_id, duration)
+            job.run.success(job.index, job.item, value, worker_id, duration)
         else:
-            run.record(job, value if ok else None, error, worker_id, duration)
-        if not keep:
-            return _EXIT
-        if not pull:
-            return None
+            job.run.record(job, value if ok else None, error, worker_id, duration)
+
+    def _after(self, slot: Slot, run: Run[X, R], state: Any) -> Any:
+        """The slot's next step after ``_settle``: its call's next item (a job, pulled on
+        this thread), None (idle: the dispatcher or another call may have it) or ``_EXIT``."""
+        if state is not _PULL:
+            return state
         feed = run.feed
         nxt = None if feed is None else feed.try_pull(run)
         if nxt is None:
             self._return_unused(slot)  # let the dispatcher (or another call) have it
             return None
-        with self._lock:  # published under the lock: shutdown(wait=False) sees it, or ...
-            slot.running = nxt
-            abandoning = self._abandoning
-        if abandoning:  # ... it came first and this item fails here, never running
-            return self._finish(slot, nxt, None, PoolClosedError(
-                "the pool was shut down with wait=False before this item started"), 0.0, created=False)
+        with self._lock:  # published under the lock: shutdown(wait=False) sees it, or the
+            slot.running = nxt  # job sees _abandoning before it starts (_run_job, _start_parked)
         return nxt
 
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
@@ -910,6 +936,10 @@ class WorkPool(Generic[X, R]):
         mux = self._mux or self._mux_for_parking()
         if job.settled:
             return _EXIT
+        if self._abandoning:
+            return _closed_before_start()
+        if job.run.interrupted:
+            return _interrupted()
         if mux is None or worker is None or job.run.no_park:
             return False
         if self._task_timeout is not None:
@@ -948,18 +978,31 @@ class WorkPool(Generic[X, R]):
 
     def _reply_ready(self, slot: Slot) -> None:
         """On the multiplexer: a parked item's reply is readable (or its child ended).
-        Record it, then start the slot's next item, or hand the slot back."""
+
+        The slot's next item is pulled and written before this one's outcome is recorded,
+        so the child works while the callbacks run (and is not woken for nothing: a child
+        waiting to read is woken when its reply is consumed)."""
         job = slot.running
         if job is None:
             return
         self._mux_current.append(slot)
         try:
-            self._carry_on(slot, self._read_reply(slot, job))
+            value, error, duration = self._read(slot, job)
+            settled = self._settle(slot, job, value, error, True)
+            if settled is None:  # ended by the timer or shutdown(wait=False): its thread exits
+                slot.assign(_EXIT)
+                return
+            state, worker_id, ok = settled
+            nxt = self._after(slot, job.run, state)
+            started = self._start_parked(slot, nxt) if isinstance(nxt, Job) else _UNTRIED
+            self._record(job, value, error, worker_id, duration, ok)
+            self._carry_on(slot, nxt, started)
         finally:
             self._mux_current.pop()
 
-    def _read_reply(self, slot: Slot, job: Job) -> Any:
-        """Read the reply to ``job``'s request, record it; the slot's next job (see _finish)."""
+    @staticmethod
+    def _read(slot: Slot, job: Job) -> Tuple[Any, Optional[BaseException], float]:
+        """Read the reply to ``job``'s request: ``(value, error, duration)``."""
         worker = slot.worker
         try:
             if worker is None:
@@ -970,14 +1013,20 @@ class WorkPool(Generic[X, R]):
             if isinstance(exc, ChannelClosedError):
                 traceback.clear_frames(exc.__traceback__)
         del worker
-        duration = time.perf_counter() - job.started
+        return value, error, time.perf_counter() - job.started
+
+    def _read_reply(self, slot: Slot, job: Job) -> Any:
+        """Read the reply to ``job``'s request, record it; the slot's next job (see _finish)."""
+        value, error, duration = self._read(slot, job)
         return self._finish(slot, job, value, error, duration, created=True)
 
-    def _carry_on(self, slot: Slot, nxt: Any) -> None:
+    def _carry_on(self, slot: Slot, nxt: Any, started: Any = _UNTRIED) -> None:
         """On the multiplexer, after a slot's item finished: park the next item the slot
-        pulled, or hand it (or an exit) to the slot's own thread."""
+        pulled (``started``: what starting it gave, if tried already), or hand it (or an
+        exit) to the slot's own thread."""
         while isinstance(nxt, Job):
-            started = self._start_parked(slot, nxt)
+            if started is _UNTRIED:
+                started = self._start_parked(slot, nxt)
             if started is True:
                 return
             if started is False:  # a new worker is needed, or the chunk needs splitting
@@ -988,8 +1037,9 @@ class WorkPool(Generic[X, R]):
                 break
             if started is _READ_HERE:
                 nxt = self._read_reply(slot, nxt)
-                continue
-            nxt = self._finish(slot, nxt, None, started, 0.0, created=True)
+            else:
+                nxt = self._finish(slot, nxt, None, started, 0.0, created=True)
+            started = _UNTRIED
         if nxt is _EXIT:
             slot.assign(_EXIT)
 
@@ -1145,3 +1195,11 @@ class WorkPool(Generic[X, R]):
                 self._abandon(slot, job, WorkTimeoutError(
                     f"item ran longer than task_timeout={self._task_timeout}s; its worker was "
                     "destroyed and replaced (raise task_timeout if the work is legitimately slow)"))
+
+
+def _interrupted() -> ChannelClosedError:
+    return ChannelClosedError("the call was interrupted (KeyboardInterrupt) before this item started")
+
+
+def _closed_before_start() -> PoolClosedError:
+    return PoolClosedError("the pool was shut down with wait=False before this item started")
