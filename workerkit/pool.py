@@ -834,8 +834,9 @@ class WorkPool(Generic[X, R]):
         if nxt is None:
             self._return_unused(slot)  # let the dispatcher (or another call) have it
             return None
-        with self._lock:  # published under the lock: shutdown(wait=False) sees it, or the
-            slot.running = nxt  # job sees _abandoning before it starts (_run_job, _start_parked)
+        # Published before the job checks _abandoning (_run_job, _start_parked), while
+        # shutdown(wait=False) sets that before it looks at running jobs: one sees the other.
+        slot.running = nxt
         return nxt
 
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
