@@ -450,3 +450,23 @@ def test_ctrl_c_while_workers_are_being_made_starts_none_of_their_items() -> Non
             assert pids and all(wait_gone(pid, WAIT) for pid in pids)
         finally:
             pool.shutdown(wait=True)
+
+
+def test_large_requests_are_sent_from_the_slots_own_threads() -> None:
+    """A request larger than the multiplexer's limit would hold it up while the child
+    reads it: such items run on their slot's thread; small ones on the multiplexer."""
+    big = b"x" * 200_000
+    names: List[str] = []
+    lengths: List[int] = []
+
+    def keep(outcome: Any) -> None:
+        names.append(threading.current_thread().name)
+        lengths.append(len(outcome.value))
+
+    with fork_pool(identity, max_workers=2) as pool:
+        pool.process([big] * 20, on_complete=keep)
+        assert lengths == [200_000] * 20
+        assert all(name.startswith("workerkit-worker-") for name in names)
+        names.clear()
+        pool.process([b"small"] * 200, on_complete=keep)
+    assert any(name.startswith("workerkit-mux-") for name in names)

@@ -59,9 +59,9 @@ class Multiplexable:
         raise NotImplementedError
 
     def begin(self, item: Any, items: Optional[Sequence[Any]]) -> bool:
-        """Send the request for one item (``items`` None) or a chunk. False when it cannot
-        be pickled (nothing was written: run it the ordinary way to get each item's error);
-        raises ``ChannelClosedError`` when the child is gone."""
+        """Send the request for one item (``items`` None) or a chunk. False when nothing was
+        written: it cannot be pickled, or is too large to send from the multiplexer (run it
+        the ordinary way); raises ``ChannelClosedError`` when the child is gone."""
         raise NotImplementedError
 
     def finish(self, items: Optional[Sequence[Any]]) -> Any:

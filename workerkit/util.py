@@ -202,6 +202,9 @@ def check_function_target(fn: Callable[..., Any], start_method: Optional[str]) -
         ) from exc
 
 
+_PARK_LIMIT = 64 * 1024  # larger requests are sent and answered on the slot's own thread
+
+
 class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
     """A child process that runs ``fn(item)``; one frame out, one frame back per item."""
 
@@ -273,6 +276,11 @@ class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
         try:
             body = pickled(item) if items is None else pickled(list(items))
         except Exception:
+            return False
+        if len(body) > _PARK_LIMIT:
+            # A large request is written while its child reads it, for as long as that
+            # takes: on the multiplexer that would hold up every other worker (measured,
+            # 1 MB items: 0.78 GB/s parked, 1.9 GB/s on the slots' own threads).
             return False
         if self._conn.closed:
             raise self._closed()
