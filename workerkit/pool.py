@@ -20,9 +20,9 @@ Data flow of one ``process`` call::
 
     multiplexer thread (function workers, Linux): a slot whose worker is Multiplexable
     writes the request and *parks*; the multiplexer waits on every parked worker's pipe
-    at once, and for each reply records the outcome, pulls the next item and writes it,
-    so a small item wakes no other thread (see :mod:`._mux`). It hands a job back to the
-    slot's thread only when that needs a new worker.
+    at once, and for each reply pulls the next item, writes it, then records the finished
+    one, so a small item wakes no other thread (see :mod:`._mux`). It hands a job back to
+    the slot's thread when that needs a new worker, or a large request (over 64 KiB).
 
 Who does what:
 
