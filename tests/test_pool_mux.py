@@ -37,6 +37,23 @@ pytestmark = [
 WAIT = 20.0
 
 
+class InterruptingSource:
+    """Yields ``items``, then raises KeyboardInterrupt (as Ctrl-C would) once ``ready()``."""
+
+    def __init__(self, items: List[Any], ready: Any) -> None:
+        self.items = list(items)
+        self.ready = ready
+
+    def has_next(self) -> bool:
+        return True
+
+    def next(self) -> Any:
+        if not self.items:
+            assert wait_until(self.ready, WAIT)
+            raise KeyboardInterrupt
+        return self.items.pop(0)
+
+
 def fork_pool(fn: Any, **kwargs: Any) -> WorkPool[Any, Any]:
     return WorkPool(lambda: function_worker(fn, start_method="fork"), **kwargs)
 
@@ -135,25 +152,11 @@ def test_shutdown_without_waiting_fails_parked_items_and_ends_their_children() -
 
 def test_ctrl_c_while_items_are_parked_ends_the_children_and_propagates() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-
-        class InterruptingSource:
-            def __init__(self) -> None:
-                self.n = 0
-
-            def has_next(self) -> bool:
-                return True
-
-            def next(self) -> Any:
-                if self.n == 2:
-                    assert wait_until(lambda: len(os.listdir(tmp)) >= 2, WAIT)
-                    raise KeyboardInterrupt
-                self.n += 1
-                return (tmp, 30.0)
-
+        source = InterruptingSource([(tmp, 30.0)] * 2, lambda: len(os.listdir(tmp)) >= 2)
         with fork_pool(pidfile_then_sleep, max_workers=3) as pool:
             started = time.monotonic()
             with pytest.raises(KeyboardInterrupt):
-                pool.process(InterruptingSource())
+                pool.process(source)
             assert time.monotonic() - started < WAIT
             pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
             assert len(pids) == 2
@@ -259,20 +262,10 @@ def test_a_slow_callback_does_not_delay_a_timeout_or_shutdown_without_waiting() 
 def test_ctrl_c_during_a_slow_callback_ends_every_child() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         interrupt = threading.Event()
-
-        class InterruptingSource:
-            def __init__(self) -> None:
-                self.items = [(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)]
-
-            def has_next(self) -> bool:
-                return True
-
-            def next(self) -> Any:
-                if not self.items:
-                    assert interrupt.wait(WAIT)
-                    assert wait_until(lambda: len(os.listdir(tmp)) >= 3, WAIT)
-                    raise KeyboardInterrupt
-                return self.items.pop(0)
+        source = InterruptingSource(
+            [(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)],
+            lambda: interrupt.is_set() and len(os.listdir(tmp)) >= 3,  # all three running
+        )
 
         def slow(_outcome: Any) -> None:
             interrupt.set()
@@ -281,7 +274,7 @@ def test_ctrl_c_during_a_slow_callback_ends_every_child() -> None:
         pool = fork_pool(pidfile_then_sleep, max_workers=3)
         try:
             with pytest.raises(KeyboardInterrupt):
-                pool.process(InterruptingSource(), on_complete=slow)
+                pool.process(source, on_complete=slow)
             pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]
             assert len(pids) == 3
             assert all(wait_gone(pid, WAIT) for pid in pids)
@@ -425,25 +418,13 @@ def test_ctrl_c_while_workers_are_being_made_starts_none_of_their_items() -> Non
     items never start (no child left running one), and each pulled item ends once."""
     with tempfile.TemporaryDirectory() as tmp:
         interrupt = threading.Event()
-
-        class InterruptingSource:
-            def __init__(self) -> None:
-                self.items = [(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)]
-
-            def has_next(self) -> bool:
-                return True
-
-            def next(self) -> Any:
-                if not self.items:
-                    assert interrupt.wait(WAIT)
-                    raise KeyboardInterrupt  # at once: workers may still be starting
-                return self.items.pop(0)
-
+        # At once after the first item: the other workers may still be starting.
+        source = InterruptingSource([(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)], interrupt.is_set)
         pool = fork_pool(pidfile_then_sleep, max_workers=3)
         try:
             started = time.monotonic()
             with pytest.raises(KeyboardInterrupt):
-                pool.process(InterruptingSource(), on_complete=lambda _o: interrupt.set())
+                pool.process(source, on_complete=lambda _o: interrupt.set())
             assert time.monotonic() - started < WAIT
             time.sleep(1.0)  # a worker made late would have started its item by now
             pids = [int(name.split(".")[0]) for name in os.listdir(tmp) if name.endswith(".pid")]

@@ -18,6 +18,7 @@ elsewhere the pool keeps a thread per worker.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import select
@@ -32,9 +33,10 @@ AVAILABLE = hasattr(select, "epoll")
 _IN = getattr(select, "EPOLLIN", 0)
 
 
-class Multiplexable:
+class Multiplexable(abc.ABC):
     """A worker whose execute is one request frame out and one reply frame back on one
-    descriptor, so the multiplexer can drive it."""
+    descriptor, so the multiplexer can drive it (the interface; ``_FunctionWorker`` is
+    the one implementation)."""
 
     # Called before the worker closes its descriptor (it died, or is being destroyed), so
     # the multiplexer stops watching it first.
@@ -47,27 +49,28 @@ class Multiplexable:
             self.before_close = None
             before_close()
 
+    @abc.abstractmethod
     def interrupt(self) -> None:
         """End the child now (SIGKILL), from any thread: a parked reply then reads EOF."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def multiplexable(self) -> bool:
         """Whether this worker's execute may be split (not overridden or patched)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fileno(self) -> int:
-        raise NotImplementedError
+        """The descriptor both frames travel on."""
 
+    @abc.abstractmethod
     def begin(self, item: Any, items: Optional[Sequence[Any]]) -> bool:
         """Send the request for one item (``items`` None) or a chunk. False when nothing was
         written: it cannot be pickled, or is too large to send from the multiplexer (run it
         the ordinary way); raises ``ChannelClosedError`` when the child is gone."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def finish(self, items: Optional[Sequence[Any]]) -> Any:
         """Read the reply to :meth:`begin`: the value (raises the item's error), or a
         chunk's results as ``execute_chunk`` returns them."""
-        raise NotImplementedError
 
 
 class Mux:
