@@ -774,9 +774,8 @@ class WorkPool(Generic[X, R]):
             slot.tasks += 1 if job.items is None else len(job.items)
             # A parked item that got its reply: its child was alive a moment ago, so skip
             # the liveness poll (a system call); a failed one may mean the child died.
-            if (not (slot.parked and error is None) or self._limits) and self._must_recycle(
-                slot, alive=slot.parked and error is None
-            ):
+            alive = slot.parked and error is None
+            if (self._limits or not alive) and self._must_recycle(slot, alive=alive):
                 # On the multiplexer, destroying (waiting for a child to exit) would hold up
                 # every other worker: a thread of its own does it.
                 self._discard_worker(slot, background=slot.parked)
