@@ -451,3 +451,17 @@ def test_large_requests_are_sent_from_the_slots_own_threads() -> None:
         names.clear()
         pool.process([b"small"] * 200, on_complete=keep)
     assert any(name.startswith("workerkit-mux-") for name in names)
+
+
+def test_a_slow_callback_never_counts_against_the_next_items_timeout() -> None:
+    """With a task_timeout the next item is written after the callbacks, so a callback
+    longer than the timeout never fails an item whose child answered in time."""
+    def slow(outcome: Any) -> None:
+        if outcome.index == 0:
+            time.sleep(1.5)
+
+    with fork_pool(identity, max_workers=1, task_timeout=0.5) as pool:
+        summary = pool.process([0, 1, 2], on_complete=slow, raise_on_error=False)
+        created = pool.stats().created
+    assert summary.completed == 3 and summary.failed == 0
+    assert created == 1  # no child was killed for a timeout it did not overrun

@@ -119,6 +119,21 @@ class Mux:
                 self._disarmed.discard(fd)
                 self._epoll.register(fd, _IN)
 
+    def hold(self, fd: int) -> None:
+        """Stop reporting ``fd`` until :meth:`resume` (its slot is busy on this thread)."""
+        with self._arming:
+            if fd in self._watched and fd not in self._disarmed:
+                self._disarmed.add(fd)
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass
+
+    def resume(self, fd: int) -> None:
+        """Report ``fd`` again after :meth:`hold`; nothing to do (no lock) otherwise."""
+        if fd in self._disarmed:
+            self.parked(fd)
+
     def forget(self, fd: int, slot: Any) -> None:
         """Stop watching ``fd`` for ``slot`` (before it closes). Idempotent."""
         with self._arming:

@@ -704,7 +704,9 @@ class WorkPool(Generic[X, R]):
             if started is not False:  # the request could not be written: the child is gone
                 return self._finish(slot, job, None, started, 0.0, created=True)
         execute = slot.execute
-        assert execute is not None
+        if execute is None:  # taken meanwhile by Ctrl-C or shutdown(wait=False)
+            return self._finish(slot, job, None, ChannelClosedError(
+                "the worker was destroyed before this item started"), 0.0, created=False)
         if self._task_timeout is not None:
             self._set_deadline(slot, job)
         job.started = started = time.perf_counter()
@@ -985,6 +987,13 @@ class WorkPool(Generic[X, R]):
         job = slot.running
         if job is None:
             return
+        mux = self._mux
+        if slot in self._mux_current:
+            # Its previous item's callback is still running (it called process, stream or
+            # shutdown, which serve the multiplexer): answer after it, never inside it.
+            if mux is not None and slot.fd is not None:
+                mux.hold(slot.fd)
+            return
         self._mux_current.append(slot)
         try:
             value, error, duration = self._read(slot, job)
@@ -994,11 +1003,21 @@ class WorkPool(Generic[X, R]):
                 return
             state, worker_id, ok = settled
             nxt = self._after(slot, job.run, state)
-            started = self._start_parked(slot, nxt) if isinstance(nxt, Job) else _UNTRIED
+            started: Any = _UNTRIED
+            if isinstance(nxt, Job) and self._task_timeout is None:
+                # Written before the callbacks run (with a task_timeout, after them: its
+                # deadline must not include them).
+                try:
+                    started = self._start_parked(slot, nxt)
+                except Exception as exc:  # a bug or a thread that cannot start: nxt fails
+                    started = exc
             self._record(job, value, error, worker_id, duration, ok)
             self._carry_on(slot, nxt, started)
         finally:
             self._mux_current.pop()
+            fd = slot.fd
+            if mux is not None and fd is not None:
+                mux.resume(fd)
 
     @staticmethod
     def _read(slot: Slot, job: Job) -> Tuple[Any, Optional[BaseException], float]:
