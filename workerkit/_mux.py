@@ -5,8 +5,10 @@ a thread per worker, each reply wakes that worker's thread, and the threads then
 GIL for every item; on a small machine those hand-offs cost more than the item. So a
 worker that can split its execute in two (:class:`Multiplexable`: ``begin`` sends,
 ``finish`` reads the reply) is *parked* on the multiplexer once its request is written:
-the multiplexer's thread reads the reply, records the outcome, pulls the next item and
-sends it, for every parked worker, without any other thread waking up.
+the multiplexer's thread reads the reply, pulls the next item and sends it, then records
+the finished one, for every parked worker, without any other thread waking up. A large
+request (over 64 KiB) is still written by its slot's own thread, so two large transfers
+can run at once.
 
 Only the multiplexer reads a parked worker's pipe and closes it. Another thread that must
 end a parked item early (a timeout, ``shutdown(wait=False)``, Ctrl-C) records its failure
@@ -171,7 +173,7 @@ class Mux:
     # ---------------------------------------------------------------- its own thread
 
     def run(self, done: Callable[[], bool]) -> None:
-        """The thread's body: serve replies and requests until ``done()`` says so."""
+        """The thread's body: serve replies and wake-ups until ``done()`` says so."""
         try:
             while True:
                 self.run_once(None)
