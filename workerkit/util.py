@@ -237,7 +237,7 @@ class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
 
     def execute(self, item: X) -> R:
         self._send(CALL, pickled(item))  # an unpicklable item fails here, stream intact
-        return self._reply()  # type: ignore[no-any-return]
+        return self.finish(None)  # type: ignore[no-any-return]
 
     def execute_chunk(self, items: Sequence[X]) -> List[Any]:
         """Run ``fn`` on several items in one round trip: ``[(ok, value or RemoteError)]``,
@@ -293,18 +293,10 @@ class _FunctionWorker(ChannelWorker[X, R], Multiplexable):
     def finish(self, items: Optional[Sequence[Any]]) -> Any:
         if items is not None:
             return self._chunk_reply(len(items))
-        try:  # _reply(), flattened: the multiplexer calls this for every item
+        try:
             frame = self._frames.read()
         except (EOFError, OSError):
             raise self._closed() from None
-        if frame[:1] == RESULT:
-            return pickle.loads(memoryview(frame)[1:])
-        if frame[:1] == ERROR:
-            raise remote_error(frame)
-        raise WorkerKitError(f"unexpected frame from the function worker: {frame[:20]!r}")
-
-    def _reply(self) -> Any:
-        frame = self._recv()
         if frame[:1] == RESULT:
             return pickle.loads(memoryview(frame)[1:])
         if frame[:1] == ERROR:
