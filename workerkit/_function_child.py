@@ -20,7 +20,10 @@ Frames (``send_bytes`` payloads)::
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import select
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -37,6 +40,9 @@ BATCH_RESULT = b"S"
 BATCH_VALUES = b"V"
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+# How long a child stays awake for its next request after a reply (see _Spinner).
+SPIN_SECONDS = 40e-6
+_CAN_SPIN = hasattr(select, "poll") and hasattr(os, "sched_yield")
 
 __all__ = [
     "CALL", "RESULT", "ERROR", "INIT_ERROR", "READY", "BATCH", "BATCH_RESULT", "BATCH_VALUES", "PROTOCOL",
@@ -146,8 +152,12 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
     from .comm._wire import FrameReader, write_tagged
 
     fd = conn.fileno()
-    recv, loads = FrameReader(fd).read, pickle.loads
+    reader = FrameReader(fd)
+    recv, loads = reader.read, pickle.loads
+    wait = _Spinner(fd, reader.buffered) if _CAN_SPIN else None
     while True:
+        if wait is not None:
+            wait()
         frame = recv()
         reply: Tuple[bytes, Union[bytes, memoryview]]
         try:
@@ -158,6 +168,47 @@ def _serve(conn: Any, fn: Callable[[Any], Any]) -> None:
         except Exception as exc:  # fn raised, or the item/result failed to (un)pickle
             reply = ERROR, _error_body(exc)
         write_tagged(fd, *reply)
+
+
+class _Spinner:
+    """Waits a few microseconds, awake, for the parent's next request before the child's
+    blocking read would put it to sleep.
+
+    A pool writes a worker's next item as soon as it reads its reply, usually within tens
+    of microseconds; a child asleep by then must be woken (on a virtual machine an
+    inter-processor interrupt, often costlier than a tiny item). Measured on a 2-vCPU VM,
+    tiny items, 2 workers: about 1.3x the items per second. The spin yields the CPU on
+    every turn, so a parent sharing it runs first. It backs off when the next request
+    keeps coming late (a slow source, a pool with little work): after each miss in a row
+    it skips twice as many items (up to 63), so a child waiting for work burns at most a
+    few microseconds per item.
+    """
+
+    __slots__ = ("_poll", "_buffered", "_misses", "_skip")
+
+    def __init__(self, fd: int, buffered: Callable[[], bool]) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        self._poll = poller.poll
+        self._buffered = buffered  # a request already read ahead needs no wait
+        self._misses = 0
+        self._skip = 0
+
+    def __call__(self) -> None:
+        if self._skip:
+            self._skip -= 1
+            return
+        if self._buffered():
+            return
+        poll, clock, pause = self._poll, time.perf_counter, os.sched_yield
+        end = clock() + SPIN_SECONDS
+        while not poll(0):
+            if clock() >= end:
+                self._misses = misses = min(self._misses + 1, 6)
+                self._skip = (1 << misses) - 1
+                return
+            pause()
+        self._misses = 0
 
 
 def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Tuple[bytes, Union[bytes, memoryview]]:
