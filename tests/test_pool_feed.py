@@ -18,6 +18,7 @@ import pytest
 
 from tests._pools import pool_of, wait_until
 from workerkit import DynamicIterator, Outcome, Worker, WorkPool, function_worker
+from workerkit._options import stream_window
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,7 +142,8 @@ def test_a_waiting_call_gets_slots_before_the_running_call_ends() -> None:
 
 def test_stream_slots_do_not_run_ahead_of_the_consumer() -> None:
     """A stream's slots pull only while the consumer has credit: a paused consumer stops
-    the work after about max(16, 4*max_workers) outcomes ahead; leaving early is clean."""
+    the work after a window of outcomes ahead (``stream_window``: 128 for 2 workers);
+    leaving early is clean."""
     with pool_of(lambda x: x, max_workers=2) as pool:
         got: List[int] = []
         outcomes = pool.stream(list(range(2000)))
@@ -152,7 +154,7 @@ def test_stream_slots_do_not_run_ahead_of_the_consumer() -> None:
                 completed = pool.stats().completed
                 break
         outcomes.close()  # type: ignore[attr-defined]  # a generator: stops the stream now
-        assert completed <= 5 + max(16, 4 * 2) + 2 + 2, completed
+        assert completed <= 5 + stream_window(2, 1) + 2 + 2, completed
         assert pool.stats().busy == 0
         summary = pool.process(list(range(50)))
         assert (summary.submitted, summary.completed) == (50, 50)

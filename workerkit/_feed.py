@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
+from ._credits import Credits
 from ._slot import Job
 from .input import _NOTHING as NOTHING
 from .input import InputSource, IterableInputSource
@@ -33,7 +34,7 @@ class Feed(Generic[X]):
     """The pulling state of one call; fields are guarded by ``lock``."""
 
     def __init__(
-        self, src: InputSource[X], credits: Optional[threading.Semaphore], slot_first: bool,
+        self, src: InputSource[X], credits: Optional[Credits], slot_first: bool,
         chunksize: int = 1,
     ) -> None:
         self.src = src
@@ -49,8 +50,8 @@ class Feed(Generic[X]):
         )
         self._fed_by_hand = isinstance(src, IterableInputSource) and src._fed_by_hand()
         # A chunk from a built-in collection is taken in one step, not item by item; and one
-        # item (no chunks, no stream credits) in one call. Not past a subclass's own
-        # has_next()/next(): those are always called.
+        # item (no chunks) in one call. Not past a subclass's own has_next()/next(): those
+        # are always called.
         plain = (
             isinstance(src, IterableInputSource) and src._never_waits
             and type(src).has_next is IterableInputSource.has_next
@@ -60,7 +61,7 @@ class Feed(Generic[X]):
         self._next_ready: Optional[Callable[[], Any]] = None
         if plain and isinstance(src, IterableInputSource):
             self._take_ready = src._take_ready
-            if chunksize == 1 and credits is None:
+            if chunksize == 1:
                 self._next_ready = src._next_ready
 
     def try_pull(self, run: Any) -> Optional[Job]:
@@ -75,6 +76,9 @@ class Feed(Generic[X]):
         try:
             if self.closed or self.exhausted or run.stopping:
                 return None
+            credits = self.credits
+            if credits is not None and not credits.take(1):
+                return None
             next_ready = self._next_ready
             if next_ready is not None:
                 try:
@@ -83,13 +87,14 @@ class Feed(Generic[X]):
                     if self.error is None:
                         self.error = exc
                     run.stopping = True
-                    return None
-                if item is NOTHING:
-                    self.exhausted = True
-                    return None
-                return Job(run.submit(), item, run)
-            credits = self.credits
-            if credits is not None and not credits.acquire(blocking=False):
+                    item = NOTHING
+                else:
+                    if item is NOTHING:
+                        self.exhausted = True
+                if item is not NOTHING:
+                    return Job(run.submit(), item, run)
+                if credits is not None:
+                    credits.release()
                 return None
             try:
                 more = poll()
@@ -123,24 +128,24 @@ class Feed(Generic[X]):
         if self._poll is not None and (not may_wait or self._fed_by_hand):
             more = self._poll  # never wait for a producer to fill a chunk
         credits = self.credits  # one per item: a stream's consumer returns one per outcome
+        # The chunk's other items: as many as the stream's consumer has credit for.
+        room = size - 1 if credits is None else credits.take(size - 1)
         try:
-            if credits is None and self._take_ready is not None and not run.stopping:
-                self.exhausted = not self._take_ready(size - 1, items)
-                return Job(run.submit(len(items)), items, run, items)
-            while len(items) < size and not run.stopping:
-                if credits is not None and not credits.acquire(blocking=False):
-                    break
-                ready = more()
-                if not ready and credits is not None:
-                    credits.release()
-                if not ready:
-                    self.exhausted = ready is not None
-                    break
-                items.append(self.src.next())
+            if self._take_ready is not None and not run.stopping:
+                self.exhausted = not self._take_ready(room, items)
+            else:
+                while len(items) <= room and not run.stopping:
+                    ready = more()
+                    if not ready:
+                        self.exhausted = ready is not None
+                        break
+                    items.append(self.src.next())
         except Exception as exc:  # the source's error; Ctrl-C and co. propagate (the call ends)
             if self.error is None:
                 self.error = exc
             run.stopping = True
+        if credits is not None and len(items) <= room:
+            credits.release(room + 1 - len(items))  # taken and not used
         return Job(run.submit(len(items)), items, run, items)
 
     def close(self) -> None:

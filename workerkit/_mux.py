@@ -85,8 +85,14 @@ class Mux:
     epoll set, so it is reported once, not in a loop; parking an item puts it back.
     """
 
-    def __init__(self, on_reply: Callable[[Any], None]) -> None:
+    def __init__(
+        self, on_reply: Callable[[Any], None], holding: Callable[[], bool], flush: Callable[[], None]
+    ) -> None:
         self._on_reply = on_reply
+        # Outcomes held for a stream's consumer (see WorkPool._hold): ``holding()`` says
+        # whether any are, ``flush()`` hands them over; done before this thread sleeps.
+        self._holding = holding
+        self._flush = flush
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -184,7 +190,13 @@ class Mux:
 
     def run_once(self, timeout: Optional[float]) -> None:
         """Wait (at most ``timeout`` seconds) and serve what is ready."""
-        events: List[Tuple[int, int]] = self._epoll.poll(-1 if timeout is None else timeout)
+        events: List[Tuple[int, int]] = []
+        if self._holding():
+            events = self._epoll.poll(0)  # replies ready now join the held outcomes
+            if not events:
+                self._flush()  # none: hand the outcomes over before sleeping
+        if not events:
+            events = self._epoll.poll(-1 if timeout is None else timeout)
         watched, on_reply = self._watched, self._on_reply
         for fd, _ in events:
             if fd == self._wake_r:

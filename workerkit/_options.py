@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-__all__ = ["check_process_options", "check_positive", "default_max_workers", "resolve_max_workers"]
+__all__ = [
+    "check_process_options", "check_positive", "default_max_workers", "resolve_max_workers", "stream_window",
+]
 
 _PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress", "chunksize")
 
@@ -60,3 +62,12 @@ def resolve_max_workers(max_workers: Optional[int]) -> int:
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers must be an int >= 1 (or None for the CPU count), got {max_workers!r}")
     return max_workers
+
+
+def stream_window(max_workers: int, chunksize: int) -> int:
+    """How many items a ``stream`` may run ahead of its consumer (pulled, not yet taken):
+    16 chunks (4 per worker beyond 4 workers), or with one item per message at least 128,
+    so the multiplexer can hand outcomes over in bursts without running out of credit."""
+    if chunksize > 1:
+        return max(16, 4 * max_workers) * chunksize
+    return max(128, 8 * max_workers)

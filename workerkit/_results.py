@@ -3,9 +3,9 @@ input order, or as plain values with the first error raised."""
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, TypeVar
 
+from ._credits import Credits
 from .outcome import Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -13,35 +13,47 @@ if TYPE_CHECKING:  # pragma: no cover
 
 T = TypeVar("T")
 
-__all__ = ["END", "as_finished", "in_order", "map_results"]
+__all__ = ["END", "Batch", "as_finished", "in_order", "map_results"]
 
 END: Any = object()  # put after the last outcome of a stream
 
-def as_finished(get: Callable[[], Any], credits: threading.Semaphore) -> Iterator[Any]:
+class Batch(list):  # type: ignore[type-arg]
+    """Outcomes of a chunk's items, handed to a stream's consumer at once (one hand-off
+    per chunk, not per item)."""
+
+
+def as_finished(get: Callable[[], Any], credits: Credits) -> Iterator[Any]:
     """Yield outcomes (taken with ``get()``) in the order they finish."""
     while True:
-        outcome = get()
-        if outcome is END:
+        got = get()
+        if got is END:
             return
+        if type(got) is Batch:
+            credits.release(len(got))
+            yield from got
+            continue
         credits.release()
-        yield outcome
+        yield got
 
 
-def in_order(get: Callable[[], Any], credits: threading.Semaphore) -> Iterator[Any]:
+def in_order(get: Callable[[], Any], credits: Credits) -> Iterator[Any]:
     """Yield outcomes (taken with ``get()``) in input order, holding back those that
     finished early."""
     early: Dict[int, Any] = {}
     wanted = 0
     while True:
-        outcome = get()
-        if outcome is END:
+        got = get()
+        if got is END:
             break
-        early[outcome.index] = outcome
+        for outcome in got if type(got) is Batch else (got,):
+            early[outcome.index] = outcome
+        ready = []
         while wanted in early:
-            ready = early.pop(wanted)
+            ready.append(early.pop(wanted))
             wanted += 1
-            credits.release()
-            yield ready
+        if ready:
+            credits.release(len(ready))
+            yield from ready
     for index in sorted(early):  # only when the dispatch stopped early
         yield early[index]
 

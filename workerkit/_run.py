@@ -6,12 +6,14 @@ over into a later call.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
 from ._progress import Progress
+from ._results import Batch
 from ._slot import Job
 from .outcome import Outcome, ProcessSummary, new_outcome
 
@@ -41,8 +43,9 @@ class Run(Generic[X, R]):
         on_complete: Optional[Callable[[Outcome[X, R]], Any]] = None,
         on_error: Optional[Callable[[Outcome[X, R]], Any]] = None,
         progress: Optional[Progress] = None,
-        sink: Optional[Callable[[Outcome[X, R]], Any]] = None,
+        sink: Optional[Callable[[Any], Any]] = None,
     ):
+        # sink: a stream's hand-off; gets each outcome, or a chunk's as one ``Batch``.
         self.on_complete = on_complete
         self.on_error = on_error
         self.progress = progress
@@ -74,6 +77,29 @@ class Run(Generic[X, R]):
         self.no_park = False
         self.interrupted = False  # Ctrl-C: an item not started yet fails instead of starting
         self.pump: Optional[Callable[[float], None]] = None
+        # A stream's outcomes that the multiplexer holds for a moment and then hands to
+        # ``sink`` at once (one wake-up of the consumer per burst; see WorkPool._hold): at
+        # most ``hold_limit`` of them; 0: never held.
+        self.outbox: List[Outcome[X, R]] = []
+        self.hold_limit = 0
+
+    def hold(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> bool:
+        """On the multiplexer: keep a stream's finished item for :meth:`flush`; True when
+        it is the first one held since the last flush."""
+        outbox = self.outbox
+        outbox.append(new_outcome(index, item, value, None, worker_id, duration))
+        return len(outbox) == 1
+
+    def flush(self) -> None:
+        """Hand the held outcomes to the sink and count them."""
+        held, self.outbox = self.outbox, []
+        if not held:
+            return
+        assert self.sink is not None
+        self.sink(held[0] if len(held) == 1 else Batch(held))
+        with self.lock:
+            self.completed += len(held)
+            self._notify_if_idle()
 
     def submit(self, count: int = 1) -> int:
         """Count ``count`` pulled items as in flight; return the first one's index. Under
@@ -154,8 +180,14 @@ class Run(Generic[X, R]):
     ) -> None:
         """Record a chunk's items that all succeeded (``values``: their values): per item
         for callbacks, at once for counts and progress."""
-        if self.wants_successes:
-            sink, on_complete, call = self.sink, self.on_complete, self._call
+        sink, on_complete = self.sink, self.on_complete
+        if sink is not None and on_complete is None:  # a stream: one hand-off for the chunk
+            sink(Batch([
+                new_outcome(at, item, value, None, worker_id, duration)
+                for at, item, value in zip(itertools.count(index), items, values)
+            ]))
+        elif self.wants_successes:
+            call = self._call
             for item, value in zip(items, values):
                 outcome: Outcome[X, R] = new_outcome(index, item, value, None, worker_id, duration)
                 index += 1

@@ -64,10 +64,17 @@ from typing import (
     Union,
 )
 
+from ._credits import Credits
 from ._feed import Feed
 from ._mux import AVAILABLE as _MUX_AVAILABLE
 from ._mux import Multiplexable, Mux
-from ._options import check_chunksize, check_positive, check_process_options, resolve_max_workers
+from ._options import (
+    check_chunksize,
+    check_positive,
+    check_process_options,
+    resolve_max_workers,
+    stream_window,
+)
 from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, in_order, map_results
 from ._run import AllOk, Run
@@ -161,6 +168,8 @@ class WorkPool(Generic[X, R]):
         # Slots whose finished item the multiplexer is recording (its own thread only):
         # their threads wait for it, so a callback's shutdown() must not wait for them.
         self._mux_current: List[Slot] = []
+        # Streams whose outcomes the multiplexer holds for a moment (its own thread only).
+        self._mux_outboxes: List[Run[Any, Any]] = []
         # Every thread the pool started and still running, and whether shutdown(wait=True)
         # must join it (not a slot thread abandoned in an execute that may never return).
         self._threads: Dict[threading.Thread, bool] = {}
@@ -378,9 +387,13 @@ class WorkPool(Generic[X, R]):
         outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Credits bound how far the dispatcher runs ahead of the consumer, so a slow
         # consumer (or one slow item under ``ordered``) never piles outcomes up in memory.
-        # One credit per item not yet consumed: enough for every worker to hold a few chunks.
-        credits = threading.Semaphore(max(16, 4 * self._max_workers) * chunksize)
+        # One credit per item not yet consumed: enough for every worker to hold a few chunks,
+        # or (one item per message) for the multiplexer to hand outcomes over in bursts.
+        window = stream_window(self._max_workers, chunksize)
+        credits = Credits(window)
         run: Run[X, R] = Run(sink=outcomes.put)
+        if chunksize == 1:
+            run.hold_limit = max(1, window // 8)
         raised: List[BaseException] = []
         get: Callable[[], Any] = outcomes.get
         mux = self._mux
@@ -421,7 +434,7 @@ class WorkPool(Generic[X, R]):
             raise PoolClosedError(f"pool {self.name!r} is shut down; create a new pool")
 
     def _drive(
-        self, src: InputSource[X], run: Run[X, R], credits: Optional[threading.Semaphore] = None,
+        self, src: InputSource[X], run: Run[X, R], credits: Optional[Credits] = None,
         *, slot_first: bool = False, chunksize: int = 1,
     ) -> None:
         """Dispatch every item of ``src``, then wait for those in flight (the caller's thread)."""
@@ -1011,7 +1024,10 @@ class WorkPool(Generic[X, R]):
                     started = self._start_parked(slot, nxt)
                 except Exception as exc:  # a bug or a thread that cannot start: nxt fails
                     started = exc
-            self._record(job, value, error, worker_id, duration, ok)
+            if ok and job.run.hold_limit and job.items is None:
+                self._hold(job, value, worker_id, duration, idle=not isinstance(nxt, Job))
+            else:
+                self._record(job, value, error, worker_id, duration, ok)
             self._carry_on(slot, nxt, started)
         finally:
             self._mux_current.pop()
@@ -1070,10 +1086,43 @@ class WorkPool(Generic[X, R]):
         with self._lock:
             if self._mux is not None or self._closed:
                 return self._mux
-            mux = self._mux = Mux(self._reply_ready)
+            mux = self._mux = Mux(self._reply_ready, self._mux_holding, self._mux_flush)
             mux.thread = self._new_thread_locked(self._mux_main, mux, name=f"workerkit-mux-{self.name}")
         mux.thread.start()
         return mux
+
+    def _hold(self, job: Job, value: Any, worker_id: Any, duration: float, idle: bool) -> None:
+        """On the multiplexer: keep a stream's finished item to hand over with the next ones.
+
+        Waking the stream's consumer for each item makes it fight the multiplexer for the
+        GIL at each of its system calls (measured: about twice the parent's CPU per item).
+        So outcomes wait until the multiplexer has no reply ready (it would sleep), or a
+        few of them are held, or a slot goes idle (it may need the consumer's credit)."""
+        run = job.run
+        if run.hold(job.index, job.item, value, worker_id, duration):
+            self._mux_outboxes.append(run)
+        if idle:
+            self._mux_flush()
+
+    def _mux_holding(self) -> bool:
+        """Whether outcomes are held (after handing over those of a stream that holds
+        enough)."""
+        outboxes = self._mux_outboxes
+        if not outboxes:
+            return False
+        for run in outboxes:
+            if len(run.outbox) >= run.hold_limit:
+                self._mux_flush()
+                return False
+        return True
+
+    def _mux_flush(self) -> None:
+        """On the multiplexer: hand the streams the outcomes it held."""
+        outboxes = self._mux_outboxes
+        if outboxes:
+            self._mux_outboxes = []
+            for run in outboxes:
+                run.flush()
 
     def _mux_main(self, mux: Mux) -> None:
         mux.run(lambda: self._mux_done(mux))
@@ -1083,6 +1132,7 @@ class WorkPool(Generic[X, R]):
         or its workers timed out); a later item starts a new one."""
         if mux.watching:
             return False
+        self._mux_flush()  # held outcomes go now, by this thread (a next one may start)
         with self._lock:
             if mux.watching or any(s.parked for s in self._slots):
                 return False
