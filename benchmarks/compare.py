@@ -2,7 +2,7 @@
 
 Workloads (2 workers everywhere):
 
-1. tiny items  - no-op items, one item per message: tasks/s
+1. tiny items  - no-op items, one item per message: tasks/s (also ``stream``'s)
 2. 1 MB items  - a 1 MB ``bytes`` sent to the child and returned: MB/s of items
 3. latency     - channel round trip parent -> child -> parent: median and p99 (us), beside
                  a raw Pipe ping-pong between the same two processes (the target's
@@ -199,6 +199,25 @@ def wk_process(method: str) -> MapRun:
     return run
 
 
+def wk_stream(method: str) -> MapRun:
+    """``WorkPool(function_worker).stream``, its values taken as the consumer loops."""
+    def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
+        pool: WorkPool[Any, Any] = WorkPool(
+            lambda: function_worker(fn, start_method=method), max_workers=WORKERS
+        )
+        try:
+            pool.process(warm)
+            start = time.perf_counter()
+            values = [outcome.value for outcome in pool.stream(items)]
+            elapsed = time.perf_counter() - start
+            failed = pool.stats().failed
+        finally:
+            pool.shutdown()
+        check(not failed, f"{failed} items failed")
+        return elapsed, values
+    return run
+
+
 def _consume(results: Iterator[Any], n: int, start: float) -> Tuple[float, List[Any]]:
     """Take ``WorkPool.map``'s ``n`` results the way ``list(pool.imap(...))`` takes the
     peers' (in C), timed up to the last one: the pool's shutdown, which runs when the
@@ -304,13 +323,17 @@ def loky_pool(loky: Any) -> MapRun:
 
 
 def map_rows(
-    h: Harness, methods: Sequence[str], with_map: bool = True, peers: Sequence[str] = ()
+    h: Harness, methods: Sequence[str], with_map: bool = True, peers: Sequence[str] = (),
+    with_stream: bool = False,
 ) -> List[Row]:
     """workerkit rows and peer rows for a map-like workload (peers by short name)."""
     rows: List[Row] = []
     for m in methods:
         rows.append(Row(f"workerkit.process/{m}", "WorkPool(function_worker).process", m, True,
                         wk_process(m)))
+        if with_stream:
+            rows.append(Row(f"workerkit.stream/{m}", "WorkPool(function_worker).stream", m, True,
+                            wk_stream(m)))
         if with_map:
             rows.append(Row(f"workerkit.map/{m}", "WorkPool.map", m, True, wk_map(m)))
         rows.append(Row(f"mp.Pool.imap/{m}", "multiprocessing.Pool.imap(chunksize=1)", m, False, mp_pool(m)))
@@ -880,7 +903,7 @@ def main() -> None:
     # 1. tiny items ---------------------------------------------------------------------
     if "tiny" in only:
         print(f"\n## 1. tiny items: {tiny_n:,} no-op items, one per message", flush=True)
-        rows = map_rows(h, methods, peers=ALL_PEERS)
+        rows = map_rows(h, methods, peers=ALL_PEERS, with_stream=True)
         expected = list(range(tiny_n))
 
         def verify_tiny(values: List[Any]) -> None:
@@ -897,7 +920,7 @@ def main() -> None:
                                        "rows": [r.to_json() for r in rows]}
         by = {r.key: r for r in rows}
         for m in methods:
-            for ours in ("process", "map"):
+            for ours in ("process", "stream", "map"):
                 o, p = by.get(f"workerkit.{ours}/{m}"), by.get(f"mp.Pool.imap/{m}")
                 if o and p and o.median and p.median:
                     ratio = o.median / p.median
