@@ -142,7 +142,7 @@ def test_a_waiting_call_gets_slots_before_the_running_call_ends() -> None:
 
 def test_stream_slots_do_not_run_ahead_of_the_consumer() -> None:
     """A stream's slots pull only while the consumer has credit: a paused consumer stops
-    the work after a window of outcomes ahead (``stream_window``: 128 for 2 workers);
+    the work after a window of outcomes ahead (``stream_window``: 16 for 2 workers);
     leaving early is clean."""
     with pool_of(lambda x: x, max_workers=2) as pool:
         got: List[int] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -138,3 +138,67 @@ def test_held_outcomes_reach_the_sink_at_once_and_are_counted() -> None:
     run.flush()  # a single outcome goes as itself
     assert [getattr(h, "input", None) for h in handed] == [None, "c"]
     assert (run.completed, run.pending) == (3, 0)
+
+
+def test_outcomes_held_for_a_stream_are_handed_over_before_another_calls_callback() -> None:
+    """A process() callback runs on the multiplexer; a stream's outcomes the multiplexer
+    holds go to that stream's consumer first, so a callback that waits for the consumer
+    (a hand-off between the two calls) is never stuck behind them."""
+    with WorkPool(lambda: function_worker(workers.double), max_workers=4) as pool:
+        got: List[int] = []
+        stop = threading.Event()
+
+        def consume() -> None:
+            stream = pool.stream(range(10**9))  # a range: workers pull for themselves
+            for outcome in stream:
+                got.append(outcome.index)
+                if stop.is_set():
+                    break
+            stream.close()  # type: ignore[attr-defined]
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        try:
+            assert wait_for(lambda: len(got) > 1000, 60)
+            calls = [0]
+            stuck: List[Tuple[int, int]] = []
+
+            def on_complete(_outcome: Outcome[int, int]) -> None:
+                calls[0] += 1
+                finished = pool.stats().completed - calls[0]  # the stream's, by now
+                if not wait_for(lambda: len(got) >= finished, 5):
+                    stuck.append((finished, len(got)))
+
+            pool.process(range(40), on_complete=on_complete)
+        finally:
+            stop.set()
+            consumer.join(60)
+        assert calls[0] == 40 and not stuck, stuck
+
+
+def test_an_ordered_stream_keeps_its_window_behind_a_slow_first_item() -> None:
+    """Item 0 takes a second and the consumer is slow: outcomes waiting for their turn
+    never exceed the stream's window."""
+    from workerkit._options import held_stream_window
+
+    items = [-1.0] + [float(i) for i in range(1, 1500)]
+    with WorkPool(lambda: function_worker(workers.nap_if_negative), max_workers=2) as pool:
+        stream = pool.stream(items, ordered=True)
+        yielded = worst = 0
+        for _ in stream:
+            yielded += 1
+            worst = max(worst, pool.stats().completed - yielded)
+            time.sleep(0.001)
+            if yielded >= 600:
+                break
+        stream.close()  # type: ignore[attr-defined]
+    assert worst <= held_stream_window(2) + 2, worst
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

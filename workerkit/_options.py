@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 __all__ = [
     "check_process_options", "check_positive", "default_max_workers", "resolve_max_workers", "stream_window",
+    "held_stream_window",
 ]
 
 _PROCESS_OPTIONS = ("on_complete", "on_error", "raise_on_error", "progress", "chunksize")
@@ -66,8 +67,12 @@ def resolve_max_workers(max_workers: Optional[int]) -> int:
 
 def stream_window(max_workers: int, chunksize: int) -> int:
     """How many items a ``stream`` may run ahead of its consumer (pulled, not yet taken):
-    16 chunks (4 per worker beyond 4 workers), or with one item per message at least 128,
-    so the multiplexer can hand outcomes over in bursts without running out of credit."""
-    if chunksize > 1:
-        return max(16, 4 * max_workers) * chunksize
+    16 chunks or items, 4 per worker beyond 4 workers."""
+    return max(16, 4 * max_workers) * chunksize
+
+
+def held_stream_window(max_workers: int) -> int:
+    """The same window once the multiplexer holds a stream's outcomes to hand them over in
+    bursts (one item per message): at least 128 items, so a burst never uses up the credit
+    the workers need to go on."""
     return max(128, 8 * max_workers)

@@ -17,9 +17,11 @@ __all__ = ["END", "Batch", "as_finished", "in_order", "map_results"]
 
 END: Any = object()  # put after the last outcome of a stream
 
+
 class Batch(list):  # type: ignore[type-arg]
-    """Outcomes of a chunk's items, handed to a stream's consumer at once (one hand-off
-    per chunk, not per item)."""
+    """Outcomes handed to a stream's consumer at once: a chunk's, or a burst the
+    multiplexer held (one hand-off, not one per item). Its credits go back when the
+    consumer takes it, so at most one batch more than the window waits in memory."""
 
 
 def as_finished(get: Callable[[], Any], credits: Credits) -> Iterator[Any]:
@@ -47,13 +49,11 @@ def in_order(get: Callable[[], Any], credits: Credits) -> Iterator[Any]:
             break
         for outcome in got if type(got) is Batch else (got,):
             early[outcome.index] = outcome
-        ready = []
         while wanted in early:
-            ready.append(early.pop(wanted))
+            ready = early.pop(wanted)
             wanted += 1
-        if ready:
-            credits.release(len(ready))
-            yield from ready
+            credits.release()  # per item yielded: what waits here stays within the window
+            yield ready
     for index in sorted(early):  # only when the dispatch stopped early
         yield early[index]
 

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
+from ._credits import Credits
 from ._progress import Progress
 from ._results import Batch
 from ._slot import Job
@@ -82,12 +83,23 @@ class Run(Generic[X, R]):
         # most ``hold_limit`` of them; 0: never held.
         self.outbox: List[Outcome[X, R]] = []
         self.hold_limit = 0
+        self._credits: Optional[Credits] = None
+        self._growth = 0  # credits added to the stream's window when it first holds
+
+    def allow_holding(self, credits: Credits, limit: int, growth: int) -> None:
+        """Let the multiplexer hold up to ``limit`` outcomes; the first time it does, the
+        stream's window grows by ``growth`` credits (a burst must not use up the credit
+        the workers need to go on)."""
+        self._credits, self.hold_limit, self._growth = credits, limit, growth
 
     def hold(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> bool:
         """On the multiplexer: keep a stream's finished item for :meth:`flush`; True when
         it is the first one held since the last flush."""
         outbox = self.outbox
         outbox.append(new_outcome(index, item, value, None, worker_id, duration))
+        if self._growth and self._credits is not None:
+            growth, self._growth = self._growth, 0
+            self._credits.release(growth)
         return len(outbox) == 1
 
     def flush(self) -> None:

@@ -72,6 +72,7 @@ from ._options import (
     check_chunksize,
     check_positive,
     check_process_options,
+    held_stream_window,
     resolve_max_workers,
     stream_window,
 )
@@ -237,6 +238,11 @@ class WorkPool(Generic[X, R]):
 
         Failed items are yielded as failed outcomes. Leaving the loop early stops pulling
         and waits for the items in flight. ``chunksize`` as for :meth:`process`.
+
+        The pool runs a bounded window ahead of the consumer (items pulled whose outcomes
+        were not taken yet): 16 items or chunks (4 per worker beyond 4 workers); with
+        function workers and one item per message, 128 items (8 per worker beyond 16), so
+        outcomes can be handed over in bursts.
         """
         self._check_open()
         src = as_input_source(source)
@@ -387,13 +393,12 @@ class WorkPool(Generic[X, R]):
         outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Credits bound how far the dispatcher runs ahead of the consumer, so a slow
         # consumer (or one slow item under ``ordered``) never piles outcomes up in memory.
-        # One credit per item not yet consumed: enough for every worker to hold a few chunks,
-        # or (one item per message) for the multiplexer to hand outcomes over in bursts.
-        window = stream_window(self._max_workers, chunksize)
-        credits = Credits(window)
+        # One credit per item not yet consumed: enough for every worker to hold a few chunks.
+        credits = Credits(stream_window(self._max_workers, chunksize))
         run: Run[X, R] = Run(sink=outcomes.put)
-        if chunksize == 1:
-            run.hold_limit = max(1, window // 8)
+        if chunksize == 1:  # the multiplexer may hold outcomes: the window grows when it does
+            held = held_stream_window(self._max_workers)
+            run.allow_holding(credits, held // 8, held - stream_window(self._max_workers, 1))
         raised: List[BaseException] = []
         get: Callable[[], Any] = outcomes.get
         mux = self._mux
@@ -1027,6 +1032,8 @@ class WorkPool(Generic[X, R]):
             if ok and job.run.hold_limit and job.items is None:
                 self._hold(job, value, worker_id, duration, idle=not isinstance(nxt, Job))
             else:
+                if self._mux_outboxes and job.run.sink is None:
+                    self._mux_flush()  # a callback may wait for a stream's consumer
                 self._record(job, value, error, worker_id, duration, ok)
             self._carry_on(slot, nxt, started)
         finally:

@@ -257,3 +257,10 @@ def nap_pid(_x: Any) -> int:
 
 def big_result(_x: Any) -> bytes:
     return b"r" * (4 << 20)
+
+
+def nap_if_negative(x: float) -> float:
+    """Items below zero sleep ``-x`` seconds first; every item comes back doubled."""
+    if x < 0:
+        time.sleep(-x)
+    return x * 2
