@@ -12,10 +12,18 @@ import threading
 import time
 from typing import Any, Callable, List, Optional
 
-__all__ = ["Job", "Slot", "IDLE", "BUSY", "RETIRED", "STOP", "rss_bytes"]
+from .errors import ChannelClosedError, PoolClosedError
+
+__all__ = [
+    "Job", "Slot", "IDLE", "BUSY", "RETIRED", "STOP", "EXIT", "READ_HERE", "UNTRIED",
+    "closed_before_start", "interrupted", "rss_bytes",
+]
 
 IDLE, BUSY, RETIRED = 0, 1, 2
 STOP: Any = object()  # handed to a slot instead of a job: "destroy your worker and exit"
+EXIT: Any = object()  # returned to a slot's thread: "exit now"
+READ_HERE: Any = object()  # a request was written but cannot be parked: read its reply here
+UNTRIED: Any = object()  # the next job has not been started yet
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -72,6 +80,16 @@ class Slot:
         """Hand a job (or STOP) to the slot's thread and wake it."""
         self.job = job
         self.wake.release()
+
+
+def interrupted() -> ChannelClosedError:
+    """The error of an item that Ctrl-C kept from starting."""
+    return ChannelClosedError("the call was interrupted (KeyboardInterrupt) before this item started")
+
+
+def closed_before_start() -> PoolClosedError:
+    """The error of an item that ``shutdown(wait=False)`` kept from starting."""
+    return PoolClosedError("the pool was shut down with wait=False before this item started")
 
 
 def rss_bytes(pid: int) -> Optional[int]:

@@ -21,8 +21,9 @@ Data flow of one ``process`` call::
     multiplexer thread (function workers, Linux): a slot whose worker is Multiplexable
     writes the request and *parks*; the multiplexer waits on every parked worker's pipe
     at once, and for each reply pulls the next item, writes it, then records the finished
-    one, so a small item wakes no other thread (see :mod:`._mux`). It hands a job back to
-    the slot's thread when that needs a new worker, or a large request (over 64 KiB).
+    one, so a small item wakes no other thread (see :mod:`._mux`, and :mod:`._parking` for
+    the pool's side). It hands a job back to the slot's thread when that needs a new
+    worker, or a large request (over 64 KiB).
 
 Who does what:
 
@@ -41,7 +42,6 @@ Who does what:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import queue
@@ -76,10 +76,23 @@ from ._options import (
     resolve_max_workers,
     stream_window,
 )
+from ._parking import ParkedItems
 from ._progress import ProgressArg, make_progress, source_length
 from ._results import END, as_finished, in_order, map_results
 from ._run import AllOk, Run
-from ._slot import BUSY, IDLE, RETIRED, STOP, Job, Slot, rss_bytes
+from ._slot import (
+    BUSY,
+    EXIT,
+    IDLE,
+    READ_HERE,
+    RETIRED,
+    STOP,
+    Job,
+    Slot,
+    closed_before_start,
+    interrupted,
+    rss_bytes,
+)
 from .errors import ChannelClosedError, PoolClosedError, WorkerKitError, WorkPoolError, WorkTimeoutError
 from .input import InputSource, as_input_source
 from .outcome import Outcome, PoolStats, ProcessSummary
@@ -101,13 +114,10 @@ OutcomeCallback = Callable[[Outcome[X, R]], Any]
 _WAIT_SLICE = 0.5  # bounded waits re-check shutdown flags; they never add latency to a wake-up
 _INTERRUPT_WAIT = 2.0  # Ctrl-C waits this long at most for the multiplexer to fail parked items
 _FREE = Slot(0)  # "a slot is free": returned when the caller only waits for one
-_EXIT: Any = object()  # returned to a slot's thread: "exit now"
-_READ_HERE: Any = object()  # a request was written but cannot be parked: read its reply here
 _PULL: Any = object()  # a finished slot stays busy and pulls its call's next item itself
-_UNTRIED: Any = object()  # the next job has not been started yet
 
 
-class WorkPool(Generic[X, R]):
+class WorkPool(ParkedItems, Generic[X, R]):
     """A pool of workers made by ``factory()``, fed from input sources.
 
     Subclass it for a domain pool (pass the factory to ``super().__init__``), or use it
@@ -654,7 +664,7 @@ class WorkPool(Generic[X, R]):
                     return
                 while isinstance(job, Job):  # a job this slot pulled itself comes straight back
                     job = self._run_job(slot, job)
-                if job is _EXIT:
+                if job is EXIT:
                     return
         finally:
             self._discard_worker(slot)
@@ -698,26 +708,26 @@ class WorkPool(Generic[X, R]):
 
     def _run_job(self, slot: Slot, job: Job) -> Any:
         """Execute one job in ``slot``; return the slot's next job, None (wait for the
-        dispatcher) or ``_EXIT`` (the slot's thread must exit)."""
+        dispatcher) or ``EXIT`` (the slot's thread must exit)."""
         if job.settled:  # failed by shutdown(wait=False) on its way here: make no worker
-            return _EXIT
+            return EXIT
         if self._abandoning:  # pulled by this slot just as shutdown(wait=False) ran
-            return self._finish(slot, job, None, _closed_before_start(), 0.0, created=False)
+            return self._finish(slot, job, None, closed_before_start(), 0.0, created=False)
         failed_start = self._ensure_worker(slot)
         if job.settled:  # failed by shutdown(wait=False) while its worker was being made
-            return _EXIT
+            return EXIT
         if failed_start is not None:  # the item that waited for the worker fails with its error
             return self._finish(slot, job, None, failed_start, 0.0, created=False)
         if job.run.interrupted:  # Ctrl-C came while the worker was being made
             self._discard_worker(slot)
-            return self._finish(slot, job, None, _interrupted(), 0.0, created=False)
+            return self._finish(slot, job, None, interrupted(), 0.0, created=False)
         if slot.split:
             started = self._start_parked(slot, job)
             if started is True:
                 return None  # the multiplexer finishes it; wait for what comes next
-            if started is _EXIT:
-                return _EXIT
-            if started is _READ_HERE:
+            if started is EXIT:
+                return EXIT
+            if started is READ_HERE:
                 return self._read_reply(slot, job)
             if started is not False:  # the request could not be written: the child is gone
                 return self._finish(slot, job, None, started, 0.0, created=True)
@@ -775,7 +785,7 @@ class WorkPool(Generic[X, R]):
         if the slot was kept for its call, pull that call's next item on this thread."""
         settled = self._settle(slot, job, value, error, created)
         if settled is None:
-            return _EXIT  # ended (and recorded) by the timer or shutdown(wait=False)
+            return EXIT  # ended (and recorded) by the timer or shutdown(wait=False)
         state, worker_id, ok = settled
         self._record(job, value, error, worker_id, duration, ok)
         return self._after(slot, job.run, state)
@@ -785,7 +795,7 @@ class WorkPool(Generic[X, R]):
     ) -> Optional[Tuple[Any, Any, bool]]:
         """Release or recycle the worker, count the job, and decide (under the lock) what
         the slot does next: ``(state, worker_id, ok)`` with state ``_PULL`` (pull the call's
-        next item), None (idle) or ``_EXIT`` (retired); None if the job was ended already."""
+        next item), None (idle) or ``EXIT`` (retired); None if the job was ended already."""
         worker_id = slot.worker_id
         if created:
             release = slot.release
@@ -816,7 +826,7 @@ class WorkPool(Generic[X, R]):
             self._completed += good
             self._failed += bad
             if self._closed:
-                state = _EXIT
+                state = EXIT
                 self._busy -= 1
                 slot.state = RETIRED
                 self._slots.discard(slot)
@@ -845,7 +855,7 @@ class WorkPool(Generic[X, R]):
 
     def _after(self, slot: Slot, run: Run[X, R], state: Any) -> Any:
         """The slot's next step after ``_settle``: its call's next item (a job, pulled on
-        this thread), None (idle: the dispatcher or another call may have it) or ``_EXIT``."""
+        this thread), None (idle: the dispatcher or another call may have it) or ``EXIT``."""
         if state is not _PULL:
             return state
         feed = run.feed
@@ -942,210 +952,6 @@ class WorkPool(Generic[X, R]):
                             "max_memory_per_worker; recycling it", slot.worker_id, rss)
                 return True
         return False
-
-    # ------------------------------------------------------------------ parked items
-
-    def _start_parked(self, slot: Slot, job: Job) -> Any:
-        """Write ``job``'s request to the slot's (Multiplexable) worker and leave its reply
-        to the multiplexer. Returns True (parked); False (nothing written: run it the
-        ordinary way, on the slot's thread); ``_READ_HERE`` (written, but the multiplexer
-        has ended: read the reply on this thread); ``_EXIT`` (ended meanwhile by a timeout or
-        ``shutdown(wait=False)``: the slot's thread must exit); or the error that kept the
-        request from being written (the item fails with it)."""
-        worker = slot.worker
-        mux = self._mux or self._mux_for_parking()
-        if job.settled:
-            return _EXIT
-        if self._abandoning:
-            return _closed_before_start()
-        if job.run.interrupted:
-            return _interrupted()
-        if mux is None or worker is None or job.run.no_park:
-            return False
-        if self._task_timeout is not None:
-            with self._lock:
-                if job.settled:
-                    return _EXIT
-                slot.running = job
-                self._set_deadline_locked(slot, job)  # covers a send that blocks, too
-        else:  # nothing to set under the lock: settled is checked again below, under it
-            if job.settled:
-                return _EXIT
-            slot.running = job
-        job.started = time.perf_counter()
-        try:
-            if not worker.begin(job.item, job.items):
-                return False
-        except BaseException as exc:
-            if isinstance(exc, ChannelClosedError):
-                traceback.clear_frames(exc.__traceback__)  # as in _run_job
-            return exc
-        with self._lock:
-            if job.settled:
-                return _EXIT  # ended while being written; its worker is being destroyed
-            if slot.worker is not worker:  # taken by Ctrl-C's destroy_all meanwhile
-                return ChannelClosedError("the worker was destroyed while its item was being sent")
-            if self._mux is not mux:
-                return _READ_HERE
-            fd = slot.fd
-            if fd is None:
-                slot.fd = fd = worker.fileno()
-                mux.watch(fd, slot)
-                worker.before_close = functools.partial(mux.forget, fd, slot)
-            slot.parked = True
-        mux.parked(fd)
-        return True
-
-    def _reply_ready(self, slot: Slot) -> None:
-        """On the multiplexer: a parked item's reply is readable (or its child ended).
-
-        The slot's next item is pulled and written before this one's outcome is recorded,
-        so the child works while the callbacks run (and is not woken for nothing: a child
-        waiting to read is woken when its reply is consumed)."""
-        job = slot.running
-        if job is None:
-            return
-        mux = self._mux
-        if slot in self._mux_current:
-            # Its previous item's callback is still running (it called process, stream or
-            # shutdown, which serve the multiplexer): answer after it, never inside it.
-            if mux is not None and slot.fd is not None:
-                mux.hold(slot.fd)
-            return
-        self._mux_current.append(slot)
-        try:
-            value, error, duration = self._read(slot, job)
-            settled = self._settle(slot, job, value, error, True)
-            if settled is None:  # ended by the timer or shutdown(wait=False): its thread exits
-                slot.assign(_EXIT)
-                return
-            state, worker_id, ok = settled
-            nxt = self._after(slot, job.run, state)
-            started: Any = _UNTRIED
-            if isinstance(nxt, Job) and self._task_timeout is None:
-                # Written before the callbacks run (with a task_timeout, after them: its
-                # deadline must not include them).
-                try:
-                    started = self._start_parked(slot, nxt)
-                except Exception as exc:  # a bug or a thread that cannot start: nxt fails
-                    started = exc
-            if ok and job.run.hold_limit and job.items is None:
-                self._hold(job, value, worker_id, duration, idle=not isinstance(nxt, Job))
-            else:
-                if self._mux_outboxes and job.run.sink is None:
-                    self._mux_flush()  # a callback may wait for a stream's consumer
-                self._record(job, value, error, worker_id, duration, ok)
-            self._carry_on(slot, nxt, started)
-        finally:
-            self._mux_current.pop()
-            fd = slot.fd
-            if mux is not None and fd is not None:
-                mux.resume(fd)
-
-    @staticmethod
-    def _read(slot: Slot, job: Job) -> Tuple[Any, Optional[BaseException], float]:
-        """Read the reply to ``job``'s request: ``(value, error, duration)``."""
-        worker = slot.worker
-        try:
-            if worker is None:
-                raise ChannelClosedError("the worker was destroyed while its item ran")
-            value, error = worker.finish(job.items), None
-        except BaseException as exc:  # the item's error, or its child died
-            value, error = None, exc
-            if isinstance(exc, ChannelClosedError):
-                traceback.clear_frames(exc.__traceback__)
-        del worker
-        return value, error, time.perf_counter() - job.started
-
-    def _read_reply(self, slot: Slot, job: Job) -> Any:
-        """Read the reply to ``job``'s request, record it; the slot's next job (see _finish)."""
-        value, error, duration = self._read(slot, job)
-        return self._finish(slot, job, value, error, duration, created=True)
-
-    def _carry_on(self, slot: Slot, nxt: Any, started: Any = _UNTRIED) -> None:
-        """On the multiplexer, after a slot's item finished: park the next item the slot
-        pulled (``started``: what starting it gave, if tried already), or hand it (or an
-        exit) to the slot's own thread."""
-        while isinstance(nxt, Job):
-            if started is _UNTRIED:
-                started = self._start_parked(slot, nxt)
-            if started is True:
-                return
-            if started is False:  # a new worker is needed, or the chunk needs splitting
-                slot.assign(nxt)
-                return
-            if started is _EXIT:
-                nxt = _EXIT
-                break
-            if started is _READ_HERE:
-                nxt = self._read_reply(slot, nxt)
-            else:
-                nxt = self._finish(slot, nxt, None, started, 0.0, created=True)
-            started = _UNTRIED
-        if nxt is _EXIT:
-            slot.assign(_EXIT)
-
-    def _mux_for_parking(self) -> Optional[Mux]:
-        """The pool's multiplexer, started on first use; None once the pool is shut down."""
-        mux = self._mux
-        if mux is not None:
-            return mux
-        with self._lock:
-            if self._mux is not None or self._closed:
-                return self._mux
-            mux = self._mux = Mux(self._reply_ready, self._mux_holding, self._mux_flush)
-            mux.thread = self._new_thread_locked(self._mux_main, mux, name=f"workerkit-mux-{self.name}")
-        mux.thread.start()
-        return mux
-
-    def _hold(self, job: Job, value: Any, worker_id: Any, duration: float, idle: bool) -> None:
-        """On the multiplexer: keep a stream's finished item to hand over with the next ones.
-
-        Waking the stream's consumer for each item makes it fight the multiplexer for the
-        GIL at each of its system calls (measured: about twice the parent's CPU per item).
-        So outcomes wait until the multiplexer has no reply ready (it would sleep), or a
-        few of them are held, or a slot goes idle (it may need the consumer's credit)."""
-        run = job.run
-        if run.hold(job.index, job.item, value, worker_id, duration):
-            self._mux_outboxes.append(run)
-        if idle:
-            self._mux_flush()
-
-    def _mux_holding(self) -> bool:
-        """Whether outcomes are held (after handing over those of a stream that holds
-        enough)."""
-        outboxes = self._mux_outboxes
-        if not outboxes:
-            return False
-        for run in outboxes:
-            if len(run.outbox) >= run.hold_limit:
-                self._mux_flush()
-                return False
-        return True
-
-    def _mux_flush(self) -> None:
-        """On the multiplexer: hand the streams the outcomes it held."""
-        outboxes = self._mux_outboxes
-        if outboxes:
-            self._mux_outboxes = []
-            for run in outboxes:
-                run.flush()
-
-    def _mux_main(self, mux: Mux) -> None:
-        mux.run(lambda: self._mux_done(mux))
-
-    def _mux_done(self, mux: Mux) -> bool:
-        """Whether the multiplexer may end: no worker left to watch (the pool is shut down,
-        or its workers timed out); a later item starts a new one."""
-        if mux.watching:
-            return False
-        self._mux_flush()  # held outcomes go now, by this thread (a next one may start)
-        with self._lock:
-            if mux.watching or any(s.parked for s in self._slots):
-                return False
-            if self._mux is mux:
-                self._mux = None
-            return True
 
     # ------------------------------------------------------------------ destroying workers
 
@@ -1272,10 +1078,3 @@ class WorkPool(Generic[X, R]):
                     f"item ran longer than task_timeout={self._task_timeout}s; its worker was "
                     "destroyed and replaced (raise task_timeout if the work is legitimately slow)"))
 
-
-def _interrupted() -> ChannelClosedError:
-    return ChannelClosedError("the call was interrupted (KeyboardInterrupt) before this item started")
-
-
-def _closed_before_start() -> PoolClosedError:
-    return PoolClosedError("the pool was shut down with wait=False before this item started")
