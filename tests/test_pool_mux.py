@@ -54,6 +54,11 @@ class InterruptingSource:
         return self.items.pop(0)
 
 
+def pidfiles(directory: str) -> int:
+    """How many children wrote their pid file (not counting one still being written)."""
+    return sum(1 for name in os.listdir(directory) if name.endswith(".pid"))
+
+
 def fork_pool(fn: Any, **kwargs: Any) -> WorkPool[Any, Any]:
     return WorkPool(lambda: function_worker(fn, start_method="fork"), **kwargs)
 
@@ -135,7 +140,7 @@ def test_shutdown_without_waiting_fails_parked_items_and_ends_their_children() -
 
         thread = threading.Thread(target=run)
         thread.start()
-        assert wait_until(lambda: len(os.listdir(tmp)) >= 2, WAIT)
+        assert wait_until(lambda: pidfiles(tmp) >= 2, WAIT)
         started = time.monotonic()
         pool.shutdown(wait=False)
         thread.join(WAIT)
@@ -152,7 +157,7 @@ def test_shutdown_without_waiting_fails_parked_items_and_ends_their_children() -
 
 def test_ctrl_c_while_items_are_parked_ends_the_children_and_propagates() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        source = InterruptingSource([(tmp, 30.0)] * 2, lambda: len(os.listdir(tmp)) >= 2)
+        source = InterruptingSource([(tmp, 30.0)] * 2, lambda: pidfiles(tmp) >= 2)
         with fork_pool(pidfile_then_sleep, max_workers=3) as pool:
             started = time.monotonic()
             with pytest.raises(KeyboardInterrupt):
@@ -264,7 +269,7 @@ def test_ctrl_c_during_a_slow_callback_ends_every_child() -> None:
         interrupt = threading.Event()
         source = InterruptingSource(
             [(tmp, 0.0), (tmp, 30.0), (tmp, 30.0)],
-            lambda: interrupt.is_set() and len(os.listdir(tmp)) >= 3,  # all three running
+            lambda: interrupt.is_set() and pidfiles(tmp) >= 3,  # all three running
         )
 
         def slow(_outcome: Any) -> None:
