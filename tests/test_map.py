@@ -6,7 +6,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from typing import Iterator, List, Set
+from typing import Any, Dict, Iterator, List, Set
 
 import pytest
 
@@ -150,3 +150,9 @@ def test_map_reraises_an_error_of_the_source_after_its_items() -> None:
         for value in WorkPool.map(workers.double, source(), max_workers=2):
             got.append(value)
     assert got == [0, 2, 4]
+
+
+@pytest.mark.parametrize("options", [{}, {"task_timeout": 5.0}])
+def test_map_of_something_not_iterable_fails_at_the_call(options: Dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="WorkPool.map\\(\\) needs an iterable of items, got int"):
+        WorkPool.map(abs, 42, **options)  # type: ignore[arg-type]

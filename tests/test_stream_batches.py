@@ -202,3 +202,57 @@ def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+CTRL_C_STREAM = r"""
+import os, signal, sys, tempfile, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from tests.faults.children import pidfile_then_sleep
+from workerkit import WorkPool, function_worker
+
+def pids(directory):
+    return [int(n.split(".")[0]) for n in os.listdir(directory) if n.endswith(".pid")]
+
+with tempfile.TemporaryDirectory() as tmp:
+    pool = WorkPool(lambda: function_worker(pidfile_then_sleep), max_workers=2)
+    def ctrl_c():
+        while len(pids(tmp)) < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    started = time.monotonic()
+    try:
+        for outcome in MODE:
+            print("unexpected outcome", outcome, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted after %.1f s" % (time.monotonic() - started), flush=True)
+    alive = [p for p in pids(tmp) if os.path.exists("/proc/%d" % p)
+             and open("/proc/%d/stat" % p).read().split(")")[-1].split()[0] != "Z"]
+    print("children still running:", alive, flush=True)
+    pool.shutdown()
+"""
+
+
+@pytest.mark.parametrize("mode", [
+    "pool.stream([(tmp, 30.0)] * 6)",
+    "pool.stream([(tmp, 30.0)] * 6, ordered=True)",
+    "WorkPool.map(pidfile_then_sleep, [(tmp, 30.0)] * 6, max_workers=2, task_timeout=100)",
+])
+def test_ctrl_c_while_consuming_a_stream_ends_the_children_at_once(mode: str) -> None:
+    """As with process(): Ctrl-C in a stream's consumer (or in WorkPool.map with pool
+    options, which runs on a stream) ends the workers' children instead of waiting for
+    the items in flight (30 s each here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_STREAM.replace("MODE", mode)], cwd=repo,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "interrupted after" in proc.stdout, (proc.stdout, proc.stderr)
+    seconds = float(proc.stdout.split("interrupted after ")[1].split()[0])
+    assert seconds < 20, proc.stdout  # not the 30 s the items would take
+    assert "children still running: []" in proc.stdout, proc.stdout
+    assert "unexpected outcome" not in proc.stdout

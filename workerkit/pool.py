@@ -362,11 +362,18 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         workers = resolve_max_workers(max_workers)
+        try:
+            items = iter(iterable)  # a bad argument fails here, at the call
+        except TypeError:
+            raise TypeError(
+                f"WorkPool.map() needs an iterable of items, got {type(iterable).__name__}: "
+                "pass a list, a range, a generator or any other iterable"
+            ) from None
         if not pool_kwargs:
             # No per-worker limits asked for: the single-threaded pipelined driver, which
             # keeps a few items queued in each child and needs no thread hand-offs.
             return pipelined_map(
-                lambda: function_worker(fn, start_method=start_method), iterable,
+                lambda: function_worker(fn, start_method=start_method), items,
                 max_workers=workers, ordered=ordered,
                 chunksize=chunksize,
             )
@@ -376,7 +383,7 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
             lambda: function_worker(fn, start_method=start_method),
             max_workers=max_workers, **pool_kwargs,
         )
-        return map_results(pool, pool.stream(iterable, ordered=ordered, chunksize=chunksize))
+        return map_results(pool, pool.stream(items, ordered=ordered, chunksize=chunksize))
 
     def __enter__(self: T) -> T:
         return self
@@ -434,6 +441,13 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
             yield from (in_order if ordered else as_finished)(get, credits)
             if raised:
                 raise raised[0]
+        except KeyboardInterrupt:
+            # Ctrl-C in the consumer, as in process(): end the workers (their children)
+            # instead of waiting for the items in flight.
+            run.stopping = True
+            run.interrupted = True
+            self._destroy_all_workers()
+            raise
         finally:
             run.stopping = True
             credits.release()  # wakes a dispatcher waiting for a credit, so it sees stopping
