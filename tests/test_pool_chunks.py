@@ -390,3 +390,17 @@ def test_a_release_patched_onto_worker_is_still_called(monkeypatch: pytest.Monke
     with pool_of(lambda x: x, max_workers=1) as pool:
         pool.process(range(3))
     assert len(calls) == 3
+
+
+def test_a_chunk_never_takes_a_worker_past_max_tasks_per_worker() -> None:
+    """max_tasks_per_worker=2 with chunksize=3: a chunk holds at most the items its worker
+    may still serve, so every child serves 2 items, through process and through map."""
+    from collections import Counter
+
+    with WorkPool(lambda: function_worker(workers.pid_of), max_workers=1, max_tasks_per_worker=2) as pool:
+        got: List[Outcome[int, int]] = []
+        summary = pool.process(range(7), on_complete=got.append, chunksize=3)
+    assert (summary.completed, summary.failed) == (7, 0)
+    assert sorted(Counter(o.value for o in got).values()) == [1, 2, 2, 2]
+    pids = list(WorkPool.map(workers.pid_of, range(6), max_workers=2, max_tasks_per_worker=2, chunksize=3))
+    assert len(pids) == 6 and max(Counter(pids).values()) <= 2

@@ -64,8 +64,9 @@ class Feed(Generic[X]):
             if chunksize == 1:
                 self._next_ready = src._next_ready
 
-    def try_pull(self, run: Any) -> Optional[Job]:
+    def try_pull(self, run: Any, limit: int = 0) -> Optional[Job]:
         """The next item as a job for a slot that just became free; None if that would wait.
+        ``limit`` (if > 0) caps the chunk: the items the slot's worker may still serve.
 
         An error of the source is kept in ``error`` and stops the call; the dispatcher
         re-raises it once the items in flight have finished.
@@ -100,7 +101,7 @@ class Feed(Generic[X]):
                 more = poll()
                 if more:
                     if not run.stopping:  # else the read-ahead stays buffered for give_back
-                        return self.make_job(run, self.src.next(), may_wait=False)
+                        return self.make_job(run, self.src.next(), may_wait=False, limit=limit)
                 elif more is not None:
                     self.exhausted = True
             except Exception as exc:  # the source's error; Ctrl-C and co. propagate
@@ -113,14 +114,15 @@ class Feed(Generic[X]):
         finally:
             self.lock.release()
 
-    def make_job(self, run: Any, item: X, *, may_wait: bool) -> Job:
+    def make_job(self, run: Any, item: X, *, may_wait: bool, limit: int = 0) -> Job:
         """The job for ``item``, just pulled; under the lock.
 
         With ``chunksize`` > 1 the items that follow join it, up to a chunk: those the
         source has ready, and (``may_wait``, the dispatcher) those it may wait for. An error
         of the source while filling keeps the items pulled so far and stops the call.
+        ``limit`` (if > 0) caps the chunk, as for :meth:`try_pull`.
         """
-        size = self.chunksize
+        size = self.chunksize if limit <= 0 else min(self.chunksize, limit)
         if size == 1:
             return Job(run.submit(), item, run)
         items = [item]

@@ -540,7 +540,7 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
                         credits.release()  # this turn pulled nothing
                     continue
                 try:
-                    job = feed.make_job(run, pull(), may_wait=True)
+                    job = feed.make_job(run, pull(), may_wait=True, limit=self._chunk_room(slot))
                 except BaseException as exc:
                     self._return_unused(slot)
                     if isinstance(exc, StopIteration):
@@ -868,7 +868,7 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
         if state is not _PULL:
             return state
         feed = run.feed
-        nxt = None if feed is None else feed.try_pull(run)
+        nxt = None if feed is None else feed.try_pull(run, self._chunk_room(slot))
         if nxt is None:
             self._return_unused(slot)  # let the dispatcher (or another call) have it
             return None
@@ -876,6 +876,13 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
         # shutdown(wait=False) sets that before it looks at running jobs: one sees the other.
         slot.running = nxt
         return nxt
+
+    def _chunk_room(self, slot: Slot) -> int:
+        """How many items the slot's next chunk may hold under ``max_tasks_per_worker``
+        (0: no limit): a worker is recycled after that many items, never past them."""
+        if self._max_tasks is None:
+            return 0
+        return max(1, self._max_tasks - slot.tasks) if slot.worker is not None else self._max_tasks
 
     def _may_pull_locked(self, run: Run[X, R]) -> bool:
         """Whether a slot that finished an item of ``run`` may pull its next one itself:
