@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
-from tests._pools import pool_of, wait_until
+from tests._pools import FnWorker, pool_of, wait_until
 from workerkit import DynamicIterator, Outcome, Worker, WorkPool, function_worker
 from workerkit._options import stream_window
 
@@ -358,3 +358,61 @@ def test_a_source_that_raised_on_a_slots_pull_is_never_asked_again() -> None:
             pool.process(Watched(data))
     assert len(raised) == 1 and caught.value is raised[0]
     assert calls_after == []
+
+
+def _factory(make: str) -> Callable[[], Any]:
+    if make == "thread":
+        return lambda: FnWorker(abs)
+    return lambda: function_worker(abs)
+
+
+def _ends_within(target: Callable[[], Any], seconds: float) -> bool:
+    """Run ``target`` on a thread; whether it ended within ``seconds``."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+@pytest.mark.parametrize("make", ["thread", "function"])
+def test_leaving_a_stream_over_an_open_dynamic_iterator_does_not_wait_for_more_items(make: str) -> None:
+    """Breaking out of the loop stops pulling: it must not wait in has_next() for an item
+    nobody is going to add. The iterator stays usable, and nothing is lost."""
+    source: DynamicIterator[int] = DynamicIterator()
+    source.add(1)
+    factory = _factory(make)
+    with WorkPool(factory, max_workers=2) as pool:
+        def leave_early() -> None:
+            for _outcome in pool.stream(source):
+                break
+
+        assert _ends_within(leave_early, 30), "the stream waited for the iterator"
+        source.add(2)
+        source.add(3)
+        source.close()
+        summary = pool.process(source)
+    assert summary.completed == 2  # 2 and 3: none taken and dropped by the first stream
+
+
+@pytest.mark.parametrize("make", ["thread", "function"])
+def test_shutdown_ends_a_process_call_waiting_on_an_open_dynamic_iterator(make: str) -> None:
+    source: DynamicIterator[int] = DynamicIterator()
+    source.add(1)
+    factory = _factory(make)
+    pool = WorkPool(factory, max_workers=2)
+    results: List[Any] = []
+
+    def run() -> None:
+        try:
+            results.append(pool.process(source))
+        except Exception as exc:  # what process says after shutdown is not the point here
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: pool.stats().completed == 1)
+    pool.shutdown()
+    thread.join(30)
+    assert not thread.is_alive(), "process() stayed blocked in the iterator after shutdown()"
+    source.add(5)
+    assert len(source) == 1  # the iterator is intact

@@ -23,7 +23,7 @@ from typing import Any, Callable, Generic, List, Optional, TypeVar
 from ._credits import Credits
 from ._slot import Job
 from .input import _NOTHING as NOTHING
-from .input import InputSource, IterableInputSource
+from .input import DynamicIterator, InputSource, IterableInputSource
 
 X = TypeVar("X")
 
@@ -57,12 +57,25 @@ class Feed(Generic[X]):
             and type(src).has_next is IterableInputSource.has_next
             and type(src).next is IterableInputSource.next
         )
+        # A plain DynamicIterator: the dispatcher waits for its next item in slices (so a
+        # call that stops, or a pool shut down, never stays blocked in has_next()).
+        self.wait_for_item: Optional[Callable[[float], bool]] = None
+        if isinstance(src, IterableInputSource) and type(src).has_next is IterableInputSource.has_next:
+            if type(src._iterator) is DynamicIterator:
+                self.wait_for_item = self._wait_for_hand_fed_item
         self._take_ready: Optional[Callable[[int, List[Any]], bool]] = None
         self._next_ready: Optional[Callable[[], Any]] = None
         if plain and isinstance(src, IterableInputSource):
             self._take_ready = src._take_ready
             if chunksize == 1:
                 self._next_ready = src._next_ready
+
+    def _wait_for_hand_fed_item(self, timeout: float) -> bool:
+        """Whether the source (over a DynamicIterator) has an item to hand out, or ended,
+        waiting at most ``timeout`` seconds for one."""
+        src = self.src
+        assert isinstance(src, IterableInputSource) and isinstance(src._iterator, DynamicIterator)
+        return src._buffered is not NOTHING or src._iterator._wait_for_item(timeout)
 
     def try_pull(self, run: Any, limit: int = 0) -> Optional[Job]:
         """The next item as a job for a slot that just became free; None if that would wait.

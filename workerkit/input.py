@@ -253,7 +253,8 @@ class DynamicIterator(Generic[X]):
                 self._items.appendleft(item)
             else:
                 self._items.append(item)
-            self._not_empty.notify()
+            # All: a pool's dispatcher may be waiting too (_wait_for_item), without taking.
+            self._not_empty.notify_all()
 
     def _take_nowait(self) -> object:
         """The next item if one is queued; ``_CLOSED`` once closed and empty; else
@@ -265,11 +266,20 @@ class DynamicIterator(Generic[X]):
                 return item
             return _CLOSED if self._closed else _NOTHING
 
+    def _wait_for_item(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until an item is queued or the iterator is
+        closed; return whether either is the case. Takes nothing: a pool's dispatcher
+        waits here in slices, so it can give up when its call stops."""
+        with self._not_empty:
+            if not self._items and not self._closed:
+                self._not_empty.wait(timeout)
+            return bool(self._items) or self._closed
+
     def push_front(self, item: X) -> None:
         """Put an item back at the front, even after ``close()`` (it was taken, not added)."""
         with self._lock:
             self._items.appendleft(item)
-            self._not_empty.notify()
+            self._not_empty.notify_all()
 
     def extend(self, items: Iterable[X]) -> None:
         """Queue every item of ``items`` in order.
@@ -287,7 +297,7 @@ class DynamicIterator(Generic[X]):
         with self._lock:
             self._raise_if_closed()
             self._items.extend(batch)
-            self._not_empty.notify(len(batch))
+            self._not_empty.notify_all()
 
     def close(self) -> None:
         """Declare that no more items will come. Idempotent.

@@ -521,6 +521,11 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
                     return
             if feed.slot_first and self._acquire_slot(run, take=False) is None:
                 return
+            wait_for_item = feed.wait_for_item
+            if wait_for_item is not None:  # a DynamicIterator: wait for an item in slices
+                while not wait_for_item(_WAIT_SLICE):
+                    if run.stopping or self._closed:
+                        return
             with feed.lock:
                 if feed.error is not None:  # a slot's pull raised: never ask the source again
                     return
