@@ -22,6 +22,7 @@ from workerkit import (
     RemoteError,
     Worker,
     WorkPool,
+    WorkPoolError,
     WorkTimeoutError,
     function_worker,
 )
@@ -404,3 +405,15 @@ def test_a_chunk_never_takes_a_worker_past_max_tasks_per_worker() -> None:
     assert sorted(Counter(o.value for o in got).values()) == [1, 2, 2, 2]
     pids = list(WorkPool.map(workers.pid_of, range(6), max_workers=2, max_tasks_per_worker=2, chunksize=3))
     assert len(pids) == 6 and max(Counter(pids).values()) <= 2
+
+
+def test_the_first_error_in_time_is_the_cause_even_inside_a_chunk_that_replied_late() -> None:
+    """Chunk A: its first item fails at once, its second takes 3 s (A replies at ~3 s).
+    Chunk B: its first item fails after 1 s (B replies at ~1 s). The call's __cause__ is
+    A's error, which happened first, though B's reply came first."""
+    items = [(0.0, True), (3.0, False), (1.0, True), (0.0, False)]
+    with WorkPool(lambda: function_worker(workers.nap_then_maybe_fail), max_workers=2) as pool:
+        with pytest.raises(WorkPoolError) as info:
+            pool.process(items, chunksize=2)
+    assert "failed after 0.0" in str(info.value.__cause__)
+    assert info.value.summary is not None and info.value.summary.failed == 2

@@ -123,10 +123,18 @@ def batch_results(frame: Any) -> Optional[List[Any]]:
         return AllOk(pickle.loads(memoryview(frame)[1:]))
     if tag == BATCH_RESULT:
         return [
-            (True, value) if ok else (False, RemoteError(*value))
+            (True, value) if ok else (False, _chunk_error(value))
             for ok, value in pickle.loads(memoryview(frame)[1:])
         ]
     return None
+
+
+def _chunk_error(described: Tuple[Any, ...]) -> RemoteError:
+    """A chunk item's error: ``(message, type, traceback)``, plus when it was raised."""
+    error = RemoteError(*described[:3])
+    if len(described) > 3:
+        error.raised_at = described[3]
+    return error
 
 
 def function_main(fn: Callable[[Any], Any], initializer: Any, initargs: Sequence[Any]) -> None:
@@ -224,7 +232,7 @@ def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Tuple[bytes,
         for item in items:
             append(fn(item))
     except Exception as exc:  # values holds the items before the one that raised
-        return _mixed_reply(fn, items, values, exc)
+        return _mixed_reply(fn, items, values, exc, time.monotonic())
     try:
         return BATCH_VALUES, pickled(values)
     except Exception:  # a value does not pickle: find which, below
@@ -232,17 +240,21 @@ def _chunk_reply(fn: Callable[[Any], Any], items: Sequence[Any]) -> Tuple[bytes,
 
 
 def _mixed_reply(
-    fn: Callable[[Any], Any], items: Sequence[Any], values: List[Any], first: BaseException
+    fn: Callable[[Any], Any], items: Sequence[Any], values: List[Any], first: BaseException,
+    first_at: float,
 ) -> Tuple[bytes, Union[bytes, memoryview]]:
-    """The reply for a chunk whose item ``len(values)`` raised ``first``: the items before it
-    succeeded, the ones after it run one by one."""
+    """The reply for a chunk whose item ``len(values)`` raised ``first`` (at ``first_at``):
+    the items before it succeeded, the ones after it run one by one. Each error carries
+    when it was raised (``time.monotonic()``, one clock for every process of the machine),
+    so the parent can tell which error of a call came first in time."""
     results: List[Tuple[bool, Any]] = [(True, value) for value in values]
-    results.append((False, describe_error(first)))
+    results.append((False, (*describe_error(first), first_at)))
     for item in items[len(values) + 1 :]:
         try:
             results.append((True, fn(item)))
         except Exception as exc:
-            results.append((False, describe_error(exc)))
+            at = time.monotonic()
+            results.append((False, (*describe_error(exc), at)))
     return BATCH_RESULT, pickled([_picklable(ok, value) for ok, value in results])
 
 

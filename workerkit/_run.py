@@ -69,6 +69,7 @@ class Run(Generic[X, R]):
         self.failed = 0
         self.failures: List[Outcome[X, R]] = []
         self.first_error: Optional[BaseException] = None
+        self.first_error_at = 0.0  # when first_error happened (time.monotonic())
         # Set when the call stopped because its workers cannot be created.
         self.breaker_error: Optional[BaseException] = None
         self.started = time.monotonic()
@@ -147,8 +148,9 @@ class Run(Generic[X, R]):
             done, result = value[offset]
             if done:
                 self.success(index + offset, item, result, worker_id, share)
-            else:
-                self.failure(index + offset, item, result, worker_id, share)
+            else:  # raised in the child before the chunk's reply came: compare by then
+                raised_at = getattr(result, "raised_at", None)
+                self.failure(index + offset, item, result, worker_id, share, raised_at)
 
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
         """Record a finished item."""
@@ -170,14 +172,17 @@ class Run(Generic[X, R]):
                 self._notify_if_idle()
 
     def failure(
-        self, index: int, item: X, error: BaseException, worker_id: Any, duration: float
+        self, index: int, item: X, error: BaseException, worker_id: Any, duration: float,
+        raised_at: Optional[float] = None,
     ) -> None:
-        """Record a failed item; the first failure in time becomes the call's ``__cause__``."""
+        """Record a failed item; the first failure in time becomes the call's ``__cause__``
+        (``raised_at``: when it happened, if earlier than now: an item of a chunk)."""
         outcome: Outcome[X, R] = new_outcome(index, item, None, error, worker_id, duration)
+        when = time.monotonic() if raised_at is None else raised_at
         with self.lock:
             self.failures.append(outcome)
-            if self.first_error is None:
-                self.first_error = error
+            if self.first_error is None or when < self.first_error_at:
+                self.first_error, self.first_error_at = error, when
         self._call(self.on_error, outcome)
         if self.sink is not None:
             self.sink(outcome)

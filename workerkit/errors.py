@@ -48,6 +48,10 @@ class RemoteError(WorkerKitError):
     ``remote_traceback`` the child's formatted traceback; ``str()`` shows both.
     """
 
+    # When the child raised it (``time.monotonic()``), where known: an item of a chunk,
+    # whose error reaches the parent only with the whole chunk's reply.
+    raised_at: Optional[float] = None
+
     def __init__(self, message: str, remote_type: str = "", remote_traceback: str = ""):
         super().__init__(message)
         self.message = message

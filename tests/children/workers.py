@@ -264,3 +264,12 @@ def nap_if_negative(x: float) -> float:
     if x < 0:
         time.sleep(-x)
     return x * 2
+
+
+def nap_then_maybe_fail(item: Tuple[float, bool]) -> float:
+    """Sleep ``item[0]`` seconds, then raise if ``item[1]`` (saying how long it slept)."""
+    delay, fail = item
+    time.sleep(delay)
+    if fail:
+        raise ValueError(f"failed after {delay}")
+    return delay
