@@ -178,44 +178,42 @@ class Harness:
 MapRun = Callable[[Callable[[Any], Any], List[Any], List[Any]], Tuple[float, List[Any]]]
 
 
-def wk_process(method: str) -> MapRun:
+def _wk_run(method: str, consume: Callable[[WorkPool[Any, Any], List[Any]], List[Any]]) -> MapRun:
+    """A warmed 2-worker ``WorkPool(function_worker)``; ``consume(pool, items)`` is timed
+    and returns the values."""
     def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
         pool: WorkPool[Any, Any] = WorkPool(
             lambda: function_worker(fn, start_method=method), max_workers=WORKERS
         )
         try:
             pool.process(warm)
-            values: List[Any] = []
-            add = values.append
             start = time.perf_counter()
-            summary = pool.process(items, on_complete=lambda outcome: add(outcome.value))
+            values = consume(pool, items)
             elapsed = time.perf_counter() - start
-            created = pool.stats().created
+            stats = pool.stats()
         finally:
             pool.shutdown()
-        check(summary.completed == len(items) and not summary.failed, f"summary {summary}")
-        check(created == WORKERS, f"{created} workers created, expected {WORKERS}")
+        check(not stats.failed, f"{stats.failed} items failed")
+        check(stats.created == WORKERS, f"{stats.created} workers created, expected {WORKERS}")
         return elapsed, values
     return run
+
+
+def _values_by_callback(pool: WorkPool[Any, Any], items: List[Any]) -> List[Any]:
+    values: List[Any] = []
+    add = values.append
+    pool.process(items, on_complete=lambda outcome: add(outcome.value))
+    return values
+
+
+def wk_process(method: str) -> MapRun:
+    """``WorkPool(function_worker).process``, values kept by ``on_complete``."""
+    return _wk_run(method, _values_by_callback)
 
 
 def wk_stream(method: str) -> MapRun:
     """``WorkPool(function_worker).stream``, its values taken as the consumer loops."""
-    def run(fn: Callable[[Any], Any], warm: List[Any], items: List[Any]) -> Tuple[float, List[Any]]:
-        pool: WorkPool[Any, Any] = WorkPool(
-            lambda: function_worker(fn, start_method=method), max_workers=WORKERS
-        )
-        try:
-            pool.process(warm)
-            start = time.perf_counter()
-            values = [outcome.value for outcome in pool.stream(items)]
-            elapsed = time.perf_counter() - start
-            failed = pool.stats().failed
-        finally:
-            pool.shutdown()
-        check(not failed, f"{failed} items failed")
-        return elapsed, values
-    return run
+    return _wk_run(method, lambda pool, items: [outcome.value for outcome in pool.stream(items)])
 
 
 def _consume(results: Iterator[Any], n: int, start: float) -> Tuple[float, List[Any]]:

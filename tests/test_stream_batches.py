@@ -7,10 +7,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
+from tests._pools import wait_until
 from tests.children import workers
 from workerkit import DynamicIterator, Outcome, RemoteError, WorkPool, function_worker
 from workerkit._credits import Credits
@@ -159,14 +160,14 @@ def test_outcomes_held_for_a_stream_are_handed_over_before_another_calls_callbac
         consumer = threading.Thread(target=consume)
         consumer.start()
         try:
-            assert wait_for(lambda: len(got) > 1000, 60)
+            assert wait_until(lambda: len(got) > 1000, 60)
             calls = [0]
             stuck: List[Tuple[int, int]] = []
 
             def on_complete(_outcome: Outcome[int, int]) -> None:
                 calls[0] += 1
                 finished = pool.stats().completed - calls[0]  # the stream's, by now
-                if not wait_for(lambda: len(got) >= finished, 5):
+                if not wait_until(lambda: len(got) >= finished, 5):
                     stuck.append((finished, len(got)))
 
             pool.process(range(40), on_complete=on_complete)
@@ -194,14 +195,6 @@ def test_an_ordered_stream_keeps_its_window_behind_a_slow_first_item() -> None:
         stream.close()  # type: ignore[attr-defined]
     assert worst <= held_stream_window(2) + 2, worst
 
-
-def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 CTRL_C_STREAM = r"""
