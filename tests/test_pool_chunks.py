@@ -417,3 +417,31 @@ def test_the_first_error_in_time_is_the_cause_even_inside_a_chunk_that_replied_l
             pool.process(items, chunksize=2)
     assert "failed after 0.0" in str(info.value.__cause__)
     assert info.value.summary is not None and info.value.summary.failed == 2
+
+
+def test_the_first_error_in_time_wins_over_chunk_and_single_item_errors_recorded_late() -> None:
+    """Chunks and single items in one call (max_tasks_per_worker=3 makes a worker's third
+    item a single), and a slow callback that delays recording: every error is compared
+    by when the child raised it, not by when the parent recorded it."""
+    a, b = (0.0, False), (0.001, False)  # chunk 1 (worker 1)
+    c, d = (0.5, True), (0.002, False)  # chunk 2 (worker 2): c fails after 0.5 s
+    e = (0.003, True)  # worker 1's third item, a single: fails first, recorded after the callback
+
+    def slow(outcome: Outcome[Any, Any]) -> None:
+        if outcome.input == a:
+            time.sleep(1.5)
+
+    with WorkPool(lambda: function_worker(workers.nap_then_maybe_fail), max_workers=2,
+                  max_tasks_per_worker=3) as pool:
+        with pytest.raises(WorkPoolError) as info:
+            pool.process([a, b, c, d, e], chunksize=2, on_complete=slow)
+    assert "failed after 0.003" in str(info.value.__cause__)
+
+
+def test_a_remote_error_keeps_when_it_was_raised_through_pickling() -> None:
+    error = RemoteError("boom", "builtins.ValueError", "tb")
+    error.raised_at = 123.5
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.message, copy.remote_type, copy.remote_traceback, copy.raised_at) == (
+        "boom", "builtins.ValueError", "tb", 123.5)
+    assert pickle.loads(pickle.dumps(RemoteError("plain"))).raised_at is None

@@ -416,3 +416,29 @@ def test_shutdown_ends_a_process_call_waiting_on_an_open_dynamic_iterator(make: 
     assert not thread.is_alive(), "process() stayed blocked in the iterator after shutdown()"
     source.add(5)
     assert len(source) == 1  # the iterator is intact
+
+
+def test_an_item_taken_by_another_consumer_meanwhile_never_leaves_the_dispatcher_blocked() -> None:
+    """The dispatcher sees an item queued in a DynamicIterator, but another consumer takes
+    it before the dispatcher gets the feed's lock (forced here by holding that lock, as a
+    slot's own pull does): the dispatcher goes back to waiting in slices, so shutdown()
+    still ends the call."""
+    source: DynamicIterator[int] = DynamicIterator()
+    pool = WorkPool(lambda: function_worker(abs), max_workers=2)
+    thread = threading.Thread(target=lambda: pool.process(source), daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: len(pool._runs) == 1)
+        (run,) = list(pool._runs)
+        with run.feed.lock:
+            source.add(1)
+            time.sleep(0.3)  # the dispatcher's wait sees the item, then waits for the lock
+            assert next(source) == 1  # another consumer takes it
+        time.sleep(0.3)
+        pool.shutdown()
+        thread.join(30)
+        assert not thread.is_alive(), "the dispatcher stayed blocked in the iterator"
+    finally:
+        source.close()
+        thread.join(30)
+        pool.shutdown()

@@ -249,3 +249,55 @@ def test_ctrl_c_while_consuming_a_stream_ends_the_children_at_once(mode: str) ->
     assert seconds < 20, proc.stdout  # not the 30 s the items would take
     assert "children still running: []" in proc.stdout, proc.stdout
     assert "unexpected outcome" not in proc.stdout
+
+
+CTRL_C_TWICE = r"""
+import os, signal, sys, tempfile, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from tests.faults.children import pidfile_then_sleep
+from workerkit import WorkPool, function_worker
+
+def pids(directory):
+    return [int(n.split(".")[0]) for n in os.listdir(directory) if n.endswith(".pid")]
+
+with tempfile.TemporaryDirectory() as tmp:
+    pool = WorkPool(lambda: function_worker(pidfile_then_sleep, start_method="fork"), max_workers=2)
+    in_body = threading.Event()
+    def ctrl_c_twice():
+        in_body.wait()
+        while len(pids(tmp)) < 2:  # both children running their 30 s items
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # lands in the loop body: like break
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)  # while leaving waits for the items in flight
+    threading.Thread(target=ctrl_c_twice, daemon=True).start()
+    started = time.monotonic()
+    try:
+        for outcome in pool.stream([(tmp, 0.0)] + [(tmp, 30.0)] * 4):
+            in_body.set()
+            time.sleep(60)  # the consumer's own work
+    except KeyboardInterrupt:
+        print("interrupted after %.1f s" % (time.monotonic() - started), flush=True)
+    alive = [p for p in pids(tmp) if os.path.exists("/proc/%d" % p)
+             and open("/proc/%d/stat" % p).read().split(")")[-1].split()[0] != "Z"]
+    print("children still running:", alive, flush=True)
+    pool.shutdown()
+"""
+
+
+def test_a_second_ctrl_c_while_leaving_a_stream_ends_the_children() -> None:
+    """Ctrl-C in the loop's own body leaves the stream as ``break`` does (the generator
+    cannot tell them apart), which waits for the items in flight; a second Ctrl-C then
+    ends their children at once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_TWICE], cwd=repo, capture_output=True,
+                          text=True, timeout=90)
+    assert "interrupted after" in proc.stdout, (proc.stdout, proc.stderr)
+    seconds = float(proc.stdout.split("interrupted after ")[1].split()[0])
+    assert seconds < 20, proc.stdout
+    assert "children still running: []" in proc.stdout, proc.stdout

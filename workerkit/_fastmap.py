@@ -56,7 +56,7 @@ from ._function_child import (
 )
 from ._map_child import BIG_FRAME, MapChild, Request
 from ._run import AllOk, as_pairs
-from .errors import RemoteError, WorkerKitError
+from .errors import WorkerKitError
 
 __all__ = ["pipelined_map"]
 
@@ -228,9 +228,8 @@ class _Driver:
                 child.ready = True
                 return
             if tag == INIT_ERROR:
-                message, kind, trace = pickle.loads(memoryview(frame)[1:])
                 self._forget(child)
-                error = RemoteError("the initializer failed in the child: " + message, kind, trace)
+                error = remote_error(frame, "the initializer failed in the child: ")
                 self._fail_queued(child, error)
                 child.worker.destroy()
                 return

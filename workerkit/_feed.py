@@ -77,6 +77,12 @@ class Feed(Generic[X]):
         assert isinstance(src, IterableInputSource) and isinstance(src._iterator, DynamicIterator)
         return src._buffered is not NOTHING or src._iterator._wait_for_item(timeout)
 
+    def has_next_now(self) -> Optional[bool]:
+        """``has_next()`` without waiting (a source over a DynamicIterator): None when
+        nothing is queued right now."""
+        assert self._poll is not None
+        return self._poll()
+
     def try_pull(self, run: Any, limit: int = 0) -> Optional[Job]:
         """The next item as a job for a slot that just became free; None if that would wait.
         ``limit`` (if > 0) caps the chunk: the items the slot's worker may still serve.

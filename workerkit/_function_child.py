@@ -105,14 +105,20 @@ def merge_results(
 
 
 def _error_body(exc: BaseException) -> bytes:
-    """The body of an ``E`` or ``!`` frame: the error, described (picklable anywhere)."""
-    return pickle.dumps(describe_error(exc), PROTOCOL)
+    """The body of an ``E`` or ``!`` frame: the error, described (picklable anywhere), and
+    when it was raised (``time.monotonic()``, one clock for every process of the machine),
+    so the parent can tell which error of a call came first in time."""
+    at = time.monotonic()
+    return pickle.dumps((*describe_error(exc), at), PROTOCOL)
 
 
 def remote_error(frame: Any, prefix: str = "") -> RemoteError:
     """Parent side: the ``RemoteError`` an ``E`` or ``!`` frame describes."""
-    message, remote_type, remote_tb = pickle.loads(memoryview(frame)[1:])
-    return RemoteError(prefix + message, remote_type, remote_tb)
+    message, remote_type, remote_tb, *rest = pickle.loads(memoryview(frame)[1:])
+    error = RemoteError(prefix + message, remote_type, remote_tb)
+    if rest:
+        error.raised_at = rest[0]
+    return error
 
 
 def batch_results(frame: Any) -> Optional[List[Any]]:

@@ -132,7 +132,7 @@ class Run(Generic[X, R]):
             if error is None:
                 self.success(index, job.item, value, worker_id, duration)
             else:
-                self.failure(index, job.item, error, worker_id, duration)
+                self.failure(index, job.item, error, worker_id, duration, getattr(error, "raised_at", None))
             return
         share = duration / len(job.items)
         if error is None and type(value) is AllOk:
@@ -148,7 +148,7 @@ class Run(Generic[X, R]):
             done, result = value[offset]
             if done:
                 self.success(index + offset, item, result, worker_id, share)
-            else:  # raised in the child before the chunk's reply came: compare by then
+            else:  # raised in the child before the reply came: compare by then
                 raised_at = getattr(result, "raised_at", None)
                 self.failure(index + offset, item, result, worker_id, share, raised_at)
 

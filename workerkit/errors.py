@@ -48,8 +48,8 @@ class RemoteError(WorkerKitError):
     ``remote_traceback`` the child's formatted traceback; ``str()`` shows both.
     """
 
-    # When the child raised it (``time.monotonic()``), where known: an item of a chunk,
-    # whose error reaches the parent only with the whole chunk's reply.
+    # When the child raised it (``time.monotonic()``): a reply can reach the parent (and
+    # be recorded) well after that, e.g. with a whole chunk, or after a slow callback.
     raised_at: Optional[float] = None
 
     def __init__(self, message: str, remote_type: str = "", remote_traceback: str = ""):
@@ -65,7 +65,8 @@ class RemoteError(WorkerKitError):
         return f"{head}\n\nRemote traceback (in the child process):\n{self.remote_traceback}"
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.message, self.remote_type, self.remote_traceback))
+        state = {"raised_at": self.raised_at} if self.raised_at is not None else None
+        return (type(self), (self.message, self.remote_type, self.remote_traceback), state)
 
 
 class WorkPoolError(WorkerKitError):

@@ -451,7 +451,12 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
         finally:
             run.stopping = True
             credits.release()  # wakes a dispatcher waiting for a credit, so it sees stopping
-            thread.join()
+            try:
+                thread.join()  # the items in flight finish (leaving the loop, as by break)
+            except KeyboardInterrupt:  # Ctrl-C again while they do: end them now
+                run.interrupted = True
+                self._destroy_all_workers()
+                raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -529,7 +534,16 @@ class WorkPool(WorkerKeeping, ParkedItems, Generic[X, R]):
             with feed.lock:
                 if feed.error is not None:  # a slot's pull raised: never ask the source again
                     return
-                if feed.exhausted or not has_next():
+                if feed.exhausted:
+                    return
+                # Over a DynamicIterator, never wait under the lock: the item just seen may
+                # have gone to another taker meanwhile (then wait for the next one again).
+                more = has_next() if wait_for_item is None else feed.has_next_now()
+                if more is None:
+                    if credits is not None:
+                        credits.release()  # this turn pulled nothing
+                    continue
+                if not more:
                     feed.exhausted = True
                     return
                 seen = run.submitted
