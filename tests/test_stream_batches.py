@@ -197,6 +197,33 @@ def test_an_ordered_stream_keeps_its_window_behind_a_slow_first_item() -> None:
 
 
 
+# The end of both Ctrl-C scripts: how long until KeyboardInterrupt reached the caller, and
+# which children (by their pid files) are still running afterwards.
+REPORT = """    except KeyboardInterrupt:
+        print("interrupted after %.1f s" % (time.monotonic() - started), flush=True)
+    alive = [p for p in pids(tmp) if os.path.exists("/proc/%d" % p)
+             and open("/proc/%d/stat" % p).read().split(")")[-1].split()[0] != "Z"]
+    print("children still running:", alive, flush=True)
+    pool.shutdown()
+"""
+
+
+def _seconds_to_interrupt(script: str, timeout: float) -> float:
+    """Run a Ctrl-C script in a fresh interpreter; the seconds it reports, after checking
+    that no child outlived the interrupt and no outcome came before it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script.replace("REPORT", REPORT)], cwd=repo,
+                          capture_output=True, text=True, timeout=timeout)
+    assert "interrupted after" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "children still running: []" in proc.stdout, proc.stdout
+    assert "unexpected outcome" not in proc.stdout, proc.stdout
+    return float(proc.stdout.split("interrupted after ")[1].split()[0])
+
+
 CTRL_C_STREAM = r"""
 import os, signal, sys, tempfile, threading, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -217,13 +244,7 @@ with tempfile.TemporaryDirectory() as tmp:
     try:
         for outcome in MODE:
             print("unexpected outcome", outcome, flush=True)
-    except KeyboardInterrupt:
-        print("interrupted after %.1f s" % (time.monotonic() - started), flush=True)
-    alive = [p for p in pids(tmp) if os.path.exists("/proc/%d" % p)
-             and open("/proc/%d/stat" % p).read().split(")")[-1].split()[0] != "Z"]
-    print("children still running:", alive, flush=True)
-    pool.shutdown()
-"""
+REPORT"""
 
 
 @pytest.mark.parametrize("mode", [
@@ -235,20 +256,7 @@ def test_ctrl_c_while_consuming_a_stream_ends_the_children_at_once(mode: str) ->
     """As with process(): Ctrl-C in a stream's consumer (or in WorkPool.map with pool
     options, which runs on a stream) ends the workers' children instead of waiting for
     the items in flight (30 s each here)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, "-c", CTRL_C_STREAM.replace("MODE", mode)], cwd=repo,
-        capture_output=True, text=True, timeout=60,
-    )
-    assert "interrupted after" in proc.stdout, (proc.stdout, proc.stderr)
-    seconds = float(proc.stdout.split("interrupted after ")[1].split()[0])
-    assert seconds < 20, proc.stdout  # not the 30 s the items would take
-    assert "children still running: []" in proc.stdout, proc.stdout
-    assert "unexpected outcome" not in proc.stdout
+    assert _seconds_to_interrupt(CTRL_C_STREAM.replace("MODE", mode), 60) < 20  # not 30 s
 
 
 CTRL_C_TWICE = r"""
@@ -277,27 +285,11 @@ with tempfile.TemporaryDirectory() as tmp:
         for outcome in pool.stream([(tmp, 0.0)] + [(tmp, 30.0)] * 4):
             in_body.set()
             time.sleep(60)  # the consumer's own work
-    except KeyboardInterrupt:
-        print("interrupted after %.1f s" % (time.monotonic() - started), flush=True)
-    alive = [p for p in pids(tmp) if os.path.exists("/proc/%d" % p)
-             and open("/proc/%d/stat" % p).read().split(")")[-1].split()[0] != "Z"]
-    print("children still running:", alive, flush=True)
-    pool.shutdown()
-"""
+REPORT"""
 
 
 def test_a_second_ctrl_c_while_leaving_a_stream_ends_the_children() -> None:
     """Ctrl-C in the loop's own body leaves the stream as ``break`` does (the generator
     cannot tell them apart), which waits for the items in flight; a second Ctrl-C then
     ends their children at once."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", CTRL_C_TWICE], cwd=repo, capture_output=True,
-                          text=True, timeout=90)
-    assert "interrupted after" in proc.stdout, (proc.stdout, proc.stderr)
-    seconds = float(proc.stdout.split("interrupted after ")[1].split()[0])
-    assert seconds < 20, proc.stdout
-    assert "children still running: []" in proc.stdout, proc.stdout
+    assert _seconds_to_interrupt(CTRL_C_TWICE, 90) < 20  # not 30 s
