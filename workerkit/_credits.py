@@ -29,11 +29,9 @@ class Credits:
     def take(self, wanted: int) -> int:
         """Take up to ``wanted`` credits without waiting; return how many were taken."""
         with self._lock:
-            taken = min(wanted, self._count)
-            if taken > 0:
-                self._count -= taken
-                return taken
-            return 0
+            taken = max(0, min(wanted, self._count))
+            self._count -= taken
+            return taken
 
     def acquire(self, timeout: Optional[float] = None) -> bool:
         """Take one credit, waiting at most ``timeout`` seconds for it; False on timeout."""

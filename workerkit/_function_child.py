@@ -114,11 +114,7 @@ def _error_body(exc: BaseException) -> bytes:
 
 def remote_error(frame: Any, prefix: str = "") -> RemoteError:
     """Parent side: the ``RemoteError`` an ``E`` or ``!`` frame describes."""
-    message, remote_type, remote_tb, *rest = pickle.loads(memoryview(frame)[1:])
-    error = RemoteError(prefix + message, remote_type, remote_tb)
-    if rest:
-        error.raised_at = rest[0]
-    return error
+    return _described_error(pickle.loads(memoryview(frame)[1:]), prefix)
 
 
 def batch_results(frame: Any) -> Optional[List[Any]]:
@@ -129,17 +125,19 @@ def batch_results(frame: Any) -> Optional[List[Any]]:
         return AllOk(pickle.loads(memoryview(frame)[1:]))
     if tag == BATCH_RESULT:
         return [
-            (True, value) if ok else (False, _chunk_error(value))
+            (True, value) if ok else (False, _described_error(value))
             for ok, value in pickle.loads(memoryview(frame)[1:])
         ]
     return None
 
 
-def _chunk_error(described: Tuple[Any, ...]) -> RemoteError:
-    """A chunk item's error: ``(message, type, traceback)``, plus when it was raised."""
-    error = RemoteError(*described[:3])
-    if len(described) > 3:
-        error.raised_at = described[3]
+def _described_error(described: Tuple[Any, ...], prefix: str = "") -> RemoteError:
+    """The ``RemoteError`` of ``(message, type, traceback)``, plus when it was raised where
+    the child said so (an unpicklable result's description does not)."""
+    message, remote_type, remote_tb, *raised_at = described
+    error = RemoteError(prefix + message, remote_type, remote_tb)
+    if raised_at:
+        error.raised_at = raised_at[0]
     return error
 
 

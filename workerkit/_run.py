@@ -132,7 +132,7 @@ class Run(Generic[X, R]):
             if error is None:
                 self.success(index, job.item, value, worker_id, duration)
             else:
-                self.failure(index, job.item, error, worker_id, duration, getattr(error, "raised_at", None))
+                self.failure(index, job.item, error, worker_id, duration)
             return
         share = duration / len(job.items)
         if error is None and type(value) is AllOk:
@@ -148,9 +148,8 @@ class Run(Generic[X, R]):
             done, result = value[offset]
             if done:
                 self.success(index + offset, item, result, worker_id, share)
-            else:  # raised in the child before the reply came: compare by then
-                raised_at = getattr(result, "raised_at", None)
-                self.failure(index + offset, item, result, worker_id, share, raised_at)
+            else:
+                self.failure(index + offset, item, result, worker_id, share)
 
     def success(self, index: int, item: X, value: R, worker_id: Any, duration: float) -> None:
         """Record a finished item."""
@@ -172,12 +171,12 @@ class Run(Generic[X, R]):
                 self._notify_if_idle()
 
     def failure(
-        self, index: int, item: X, error: BaseException, worker_id: Any, duration: float,
-        raised_at: Optional[float] = None,
+        self, index: int, item: X, error: BaseException, worker_id: Any, duration: float
     ) -> None:
         """Record a failed item; the first failure in time becomes the call's ``__cause__``
-        (``raised_at``: when it happened, if earlier than now: an item of a chunk)."""
+        (a child's error says when it was raised: its reply may be recorded much later)."""
         outcome: Outcome[X, R] = new_outcome(index, item, None, error, worker_id, duration)
+        raised_at = getattr(error, "raised_at", None)
         when = time.monotonic() if raised_at is None else raised_at
         with self.lock:
             self.failures.append(outcome)
